@@ -1,0 +1,2 @@
+"""Aggregation: turn selected chunks into an answer."""
+from . import stuff  # noqa: F401

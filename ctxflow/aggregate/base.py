@@ -1,0 +1,97 @@
+"""Shared helpers for answerers: unwrap scored chunks, pack under a token budget, cite."""
+from __future__ import annotations
+
+import re
+from typing import Sequence, Union
+
+from ..errors import ContextOverflowError, UserError
+from ..llm.base import LLM
+from ..types import Chunk, Citation, Scored
+
+ChunkList = Union[list[Chunk], list[Scored[Chunk]]]
+_W = re.compile(r"\w+", re.UNICODE)
+_SENT = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+
+
+def unwrap(items: Sequence[Chunk | Scored[Chunk]]) -> list[tuple[Chunk, float | None]]:
+    out = []
+    for it in items or []:
+        if isinstance(it, Scored):
+            out.append((it.item, it.score))
+        elif isinstance(it, Chunk):
+            out.append((it, None))
+        else:
+            raise UserError(f"expected chunks, got {type(it).__name__}.")
+    return out
+
+
+def check_question(question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise UserError("the question is empty: ask something, e.g. \"What does 'foo' mean?\".")
+    return question.strip()
+
+
+def budget_for(llm: LLM, template_tokens: int, max_new_tokens: int, reserve: float = 0.0) -> int:
+    """Tokens left for context in one call: the model's window minus prompt and answer."""
+    left = llm.context_length - template_tokens - max_new_tokens - int(reserve * llm.context_length)
+    if left <= 0:
+        raise ContextOverflowError(
+            f"the prompt alone takes {template_tokens} tokens plus {max_new_tokens} for the answer, more than the model's "
+            f"context of {llm.context_length}; shorten the question or lower max_new_tokens."
+        )
+    return left
+
+
+def pack(llm: LLM, chunks: list[Chunk], budget: int, sep: str = "\n\n") -> list[Chunk]:
+    """The longest prefix of ``chunks`` whose texts joined by ``sep`` fit in ``budget`` tokens.
+    A first chunk too long on its own is cut (with its offsets kept exact)."""
+    used, out = 0, []
+    sep_t = llm.count_tokens(sep) if sep.strip() else 1
+    for c in chunks:
+        n = c.n_tokens or llm.count_tokens(c.text)
+        if used + n + (sep_t if out else 0) <= budget:
+            out.append(c)
+            used += n + (sep_t if len(out) > 1 else 0)
+        elif not out:
+            text = llm.truncate(c.text, budget)
+            if text:
+                out.append(c.model_copy(update={"text": text, "end": c.start + len(text), "n_tokens": llm.count_tokens(text)}))
+            break
+        else:
+            break
+    return out
+
+
+def best_span(chunk: Chunk, answer: str, question: str = "") -> Citation:
+    """Narrow a chunk to the sentence that best supports ``answer`` (exact source offsets).
+
+    Scores each sentence by the answer's words it contains (question words count a little);
+    falls back to the whole chunk when nothing matches."""
+    aw = {w.lower() for w in _W.findall(answer) if len(w) > 1}
+    qw = {w.lower() for w in _W.findall(question) if len(w) > 3}
+    best, best_s = None, 0.0
+    for m in _SENT.finditer(chunk.text):
+        s = m.group(0)
+        if not s.strip():
+            continue
+        words = {w.lower() for w in _W.findall(s)}
+        score = len(aw & words) + 0.3 * len(qw & words)
+        if score > best_s:
+            best, best_s = m, score
+    if best is None or not aw:
+        return Citation.from_chunk(chunk)
+    a, b = best.span()
+    seg = chunk.text[a:b]
+    a += len(seg) - len(seg.lstrip())
+    b -= len(seg) - len(seg.rstrip())
+    cit = Citation.from_chunk(chunk)
+    return cit.model_copy(update={"start": chunk.start + a, "end": chunk.start + b, "text": chunk.text[a:b], "meta": {**cit.meta, "chunk": [chunk.start, chunk.end]}})
+
+
+def support(chunk: Chunk, answer: str) -> float:
+    """Share of the answer's words found in the chunk (0..1)."""
+    aw = {w.lower() for w in _W.findall(answer) if len(w) > 1}
+    if not aw:
+        return 0.0
+    words = {w.lower() for w in _W.findall(chunk.text)}
+    return len(aw & words) / len(aw)

@@ -1,0 +1,270 @@
+"""The ``ctxflow`` command line.
+
+    ctxflow run PIPELINE [--input NAME=VALUE | NAME=@FILE]... [--json] [--trace FILE]
+    ctxflow validate PIPELINE
+    ctxflow draw PIPELINE -o FILE            (.png drawn offline, .mmd Mermaid text)
+    ctxflow ask DOC QUESTION [--pipeline FILE] [--json]
+    ctxflow bench lines --lines 200,400,600 --per N [--pipeline FILE] [--json OUT]
+    ctxflow --version
+
+User mistakes print one message on stderr and exit with status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import CtxflowError, UserError
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def jsonable(v: Any) -> Any:
+    if hasattr(v, "model_dump"):
+        return v.model_dump(mode="json")
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+class ProgressBars:
+    """Turns ``progress`` events into tqdm bars on stderr (one per component and description)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bars: dict[tuple, Any] = {}
+
+    def __call__(self, ev: Any) -> None:
+        if not self.enabled:
+            return
+        if ev.kind == "progress":
+            from tqdm import tqdm
+
+            key = (ev.component, ev.data.get("desc", ""))
+            bar = self.bars.get(key)
+            if bar is None:
+                desc = f"{ev.component}: {ev.data.get('desc')}" if ev.data.get("desc") else str(ev.component)
+                bar = self.bars[key] = tqdm(total=ev.data.get("total"), desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+            if ev.data.get("total") is not None and bar.total != ev.data.get("total"):
+                bar.total = ev.data.get("total")
+            bar.n = ev.data.get("done", 0)
+            bar.refresh()
+        elif ev.kind == "component_end":
+            for key in [k for k in self.bars if k[0] == ev.component]:
+                self.bars.pop(key).close()
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+        self.bars.clear()
+
+
+def _parse_inputs(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UserError(f"--input {it!r} must be NAME=VALUE or NAME=@FILE.")
+        name, value = it.split("=", 1)
+        if value.startswith("@"):
+            from .io import read_document
+
+            value = read_document(value[1:]).text
+        out[name.strip()] = value
+    return out
+
+
+def _load(path: str):
+    from .graph.spec import load
+
+    return load(path)
+
+
+def default_pipeline(name: str = "book_qa.yaml") -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "pipelines" / name, here / "pipelines" / name):
+        if cand.exists():
+            return cand
+    try:
+        from importlib.resources import files
+
+        p = files("ctxflow.pipelines") / name
+        if p.is_file():
+            return Path(str(p))
+    except Exception:
+        pass
+    raise UserError(f"default pipeline {name!r} not found; pass --pipeline FILE.")
+
+
+def print_answer(ans: Any, stream=sys.stdout) -> None:
+    text = getattr(ans, "text", ans)
+    print(text, file=stream)
+    cits = getattr(ans, "citations", None) or []
+    if cits:
+        print("\nCitations:", file=stream)
+        for i, c in enumerate(cits, 1):
+            where = c.meta.get("path", c.doc_id)
+            if c.meta.get("line"):
+                where = f"{where}:{c.meta['line']}"
+            quote = c.text if len(c.text) <= 300 else c.text[:297] + "..."
+            quote = quote.replace("\n", " ")
+            print(f"  [{i}] {where} [{c.start}:{c.end}] \"{quote}\"", file=stream)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    p = _load(args.pipeline)
+    print(f"{args.pipeline}: OK ({len(p.graph)} components, {p.graph.number_of_edges()} connections, "
+          f"inputs: {', '.join(p.inputs) or '-'}, outputs: {', '.join(p.outputs) or '-'})")
+    return 0
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    p = _load(args.pipeline)
+    from .graph.draw import draw
+
+    out = draw(p, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def _run_pipeline(p: Any, inputs: dict[str, Any], quiet: bool) -> Any:
+    bars = ProgressBars(enabled=not quiet)
+    try:
+        return p.run(inputs, subscribers=[bars])
+    finally:
+        bars.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    p = _load(args.pipeline)
+    inputs = _parse_inputs(args.input)
+    res = _run_pipeline(p, inputs, args.quiet)
+    if args.trace:
+        Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
+    if args.json:
+        print(json.dumps({"outputs": jsonable(res.outputs), "trace": jsonable(res.trace)}, ensure_ascii=False))
+    else:
+        for k, v in res.outputs.items():
+            if hasattr(v, "citations"):
+                print(f"{k}:")
+                print_answer(v)
+            else:
+                val = jsonable(v)
+                print(f"{k}: {val if isinstance(val, str) else json.dumps(val, ensure_ascii=False, indent=2)}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .io import read_document
+
+    if not args.question.strip():
+        raise UserError("the question is empty: ask something, e.g. ctxflow ask book.txt \"Who is the narrator?\".")
+    doc = read_document(args.doc)
+    if doc.meta.get("replaced_bytes"):
+        print(f"warning: {args.doc}: {doc.meta['replaced_bytes']} invalid UTF-8 byte(s) replaced by U+FFFD", file=sys.stderr)
+    p = _load(args.pipeline or str(default_pipeline()))
+    inputs: dict[str, Any] = {"document": doc.text, "question": args.question}
+    if "doc_id" in p.inputs:
+        inputs["doc_id"] = doc.id
+    missing = [k for k in ("document", "question") if k not in p.inputs]
+    if missing:
+        raise UserError(f"pipeline {p.source} has no input(s) {missing}; 'ask' needs inputs 'document' and 'question'.")
+    res = _run_pipeline(p, inputs, args.quiet)
+    ans = res.outputs.get("answer") or next(iter(res.outputs.values()))
+    if args.json:
+        d = jsonable(ans) if hasattr(ans, "model_dump") else {"answer": jsonable(ans)}
+        out = {"answer": d.get("text", d.get("answer")), "citations": [
+            {"start": c["start"], "end": c["end"], "text": c["text"], "doc_id": c.get("doc_id"), "score": c.get("score"), **c.get("meta", {})}
+            for c in d.get("citations", [])], "score": d.get("score"), "document": args.doc, "question": args.question,
+            "trace": jsonable(res.trace)}
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print_answer(ans)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .eval.cli import bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ctxflow", description="Run long documents through a local LLM with a short context window.")
+    ap.add_argument("--version", action="version", version=f"ctxflow {__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a pipeline file")
+    r.add_argument("pipeline")
+    r.add_argument("--input", "-i", action="append", default=[], metavar="NAME=VALUE|NAME=@FILE")
+    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    r.add_argument("--trace", metavar="FILE", help="write the run trace (timings, LLM calls) as JSON")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+
+    v = sub.add_parser("validate", help="check a pipeline file without loading any model")
+    v.add_argument("pipeline")
+    v.set_defaults(fn=cmd_validate)
+
+    d = sub.add_parser("draw", help="draw a pipeline (.png offline, .mmd Mermaid)")
+    d.add_argument("pipeline")
+    d.add_argument("-o", "--output", required=True)
+    d.set_defaults(fn=cmd_draw)
+
+    a = sub.add_parser("ask", help="answer a question about a document, with citations")
+    a.add_argument("doc")
+    a.add_argument("question")
+    a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--quiet", "-q", action="store_true")
+    a.set_defaults(fn=cmd_ask)
+
+    b = sub.add_parser("bench", help="benchmarks (lines retrieval)")
+    bsub = b.add_subparsers(dest="task", metavar="TASK")
+    bl = bsub.add_parser("lines", help="LongEval lines retrieval through a pipeline and the full-context baseline")
+    bl.add_argument("--lines", default="200,400,600", help="comma-separated record lengths")
+    bl.add_argument("--per", type=int, default=10, help="questions per length")
+    bl.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
+    bl.add_argument("--json", metavar="OUT", help="write results JSON here (a PNG plot beside it)")
+    bl.add_argument("--seed", type=int, default=0)
+    bl.add_argument("--two-hop", action="store_true", help="the two-hop variant")
+    bl.add_argument("--no-baseline", action="store_true", help="skip the full-context baseline")
+    bl.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "fn", None):
+        ap.print_help(sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        return int(args.fn(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (finished LLM calls are cached; run again to resume)", file=sys.stderr)
+        return 130
+    except CtxflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

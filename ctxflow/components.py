@@ -1,0 +1,15 @@
+"""Importing this module registers every built-in component and model type."""
+from __future__ import annotations
+
+import importlib
+
+for _mod in (
+    "ctxflow.llm.local",
+    "ctxflow.llm.embed",
+    "ctxflow.llm.fake",
+    "ctxflow.chunking",
+    "ctxflow.memory",
+    "ctxflow.select",
+    "ctxflow.aggregate",
+):
+    importlib.import_module(_mod)

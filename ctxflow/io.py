@@ -1,0 +1,45 @@
+"""Reading documents from disk, with clear errors for empty, binary and non-UTF-8 files.
+
+Documented fallback: invalid UTF-8 bytes are replaced by U+FFFD and the count is reported
+(a warning on stderr in the CLI, ``Document.meta["replaced_bytes"]`` in Python)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DocumentError
+from .types import Document
+
+
+def read_document(path: str | Path) -> Document:
+    path = Path(path)
+    if not path.exists():
+        raise DocumentError(f"document not found: {path}")
+    if path.is_dir():
+        raise DocumentError(f"{path} is a directory; give a text file (or use 'ctxflow index' / 'ctxflow summarize' for folders).")
+    data = path.read_bytes()
+    return document_from_bytes(data, str(path))
+
+
+def document_from_bytes(data: bytes, name: str) -> Document:
+    if not data.strip():
+        raise DocumentError(f"{name} is empty: there is nothing to read.")
+    head = data[:8192]
+    if b"\x00" in head and not (head.startswith((b"\xff\xfe", b"\xfe\xff"))):
+        raise DocumentError(f"{name} looks binary (it contains NUL bytes); give a text file (UTF-8).")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return Document(id=name, text=data.decode("utf-16"), meta={"path": name, "encoding": "utf-16"})
+        except UnicodeDecodeError:
+            raise DocumentError(f"{name} has a UTF-16 byte-order mark but does not decode as UTF-16.") from None
+    try:
+        text = data.decode("utf-8-sig")
+        replaced = 0
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        replaced = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    if not text.strip():
+        raise DocumentError(f"{name} holds only whitespace: there is nothing to read.")
+    meta = {"path": name}
+    if replaced:
+        meta["replaced_bytes"] = replaced
+    return Document(id=name, text=text, meta=meta)

@@ -1,0 +1,115 @@
+"""On-disk cache of LLM calls (SQLite), so an interrupted run resumes without repeating work.
+
+Key = sha256 of (model id, call kind, full prompt, generation parameters), JSON-canonical.
+Only deterministic calls are cached by default (greedy generation, logprobs); sampled calls
+are cached only when a seed is given. Each batch is committed as it finishes, so a run killed
+half-way keeps every finished batch. WAL mode lets several processes share one cache.
+
+The cache lives in ``$CTXFLOW_CACHE_DIR`` (default ``~/.cache/ctxflow``) as ``llm_calls.sqlite``;
+``CTXFLOW_NO_CACHE=1`` turns it off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT (julianday('now'))
+)
+"""
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("CTXFLOW_CACHE_DIR") or Path.home() / ".cache" / "ctxflow")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def make_key(model_id: str, kind: str, prompt: Any, params: dict[str, Any]) -> str:
+    blob = json.dumps({"m": model_id, "k": kind, "p": prompt, "a": params}, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class LLMCache:
+    """A key -> JSON value store in one SQLite file. Thread-safe; process-safe through SQLite."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else cache_dir() / "llm_calls.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(_SCHEMA)
+        self.hits = 0
+        self.misses = 0
+
+    key = staticmethod(make_key)
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                q = f"SELECT key, value FROM calls WHERE key IN ({','.join('?' * len(part))})"
+                for k, v in self._conn.execute(q, part):
+                    found[k] = json.loads(v)
+        self.hits += len(found)
+        self.misses += len(set(keys)) - len(found)
+        return found
+
+    def get(self, key: str) -> Any | None:
+        return self.get_many([key]).get(key)
+
+    def put_many(self, items: Iterable[tuple[str, str, str, Any]]) -> None:
+        """Store ``(key, model, kind, value)`` rows in one transaction."""
+        rows = [(k, m, kind, json.dumps(v, ensure_ascii=False)) for k, m, kind, v in items]
+        if not rows:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT OR REPLACE INTO calls (key, model, kind, value) VALUES (?, ?, ?, ?)", rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def put(self, key: str, model: str, kind: str, value: Any) -> None:
+        self.put_many([(key, model, kind, value)])
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def clear(self, model: str | None = None) -> int:
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM calls" + (" WHERE model = ?" if model else ""), (model,) if model else ())
+            return cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+_default: LLMCache | None = None
+
+
+def default_cache() -> LLMCache | None:
+    """The process-wide cache, or None when ``CTXFLOW_NO_CACHE`` is set."""
+    global _default
+    if os.environ.get("CTXFLOW_NO_CACHE", "").lower() in ("1", "true", "yes"):
+        return None
+    if _default is None or _default.path != cache_dir() / "llm_calls.sqlite":
+        _default = LLMCache()
+    return _default

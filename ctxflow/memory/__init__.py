@@ -1,0 +1,2 @@
+"""External memory banks: add chunks once, search many times."""
+from . import cosine  # noqa: F401

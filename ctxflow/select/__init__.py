@@ -1,0 +1,2 @@
+"""Selection: choose which chunks reach the answering model."""
+from . import topk  # noqa: F401

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import pytest
+
+from ctxflow import Pipeline
+from ctxflow.errors import SpecError
+from ctxflow.graph.component import compatible
+from ctxflow.types import Chunk, Scored
+
+from . import components as tc  # noqa: F401  (registers test.* components)
+
+
+def _linear(order):
+    p = Pipeline()
+    comps = {"words": tc.Words(), "score": tc.ScoreLen(), "join": tc.Join(sep="+")}
+    for n in order:
+        p.add(n, comps[n])
+    p.connect("words.chunks", "score.chunks")
+    p.connect("score.scored", "join.scored")
+    p.expose_input("text", "words.text")
+    p.expose_output("joined", "join.text")
+    return p
+
+
+def test_run_in_dependency_order_regardless_of_insertion():
+    a = _linear(["join", "score", "words"])
+    b = _linear(["words", "join", "score"])
+    assert a.order() == b.order() == ["words", "score", "join"]
+    ra, rb = a.run({"text": "one two three"}), b.run({"text": "one two three"})
+    assert ra["joined"] == rb["joined"] == "one+two+three"
+    assert a == b
+
+
+def test_deterministic_tie_break_by_name():
+    p = Pipeline()
+    for n in ["zeta", "alpha", "mid"]:
+        p.add(n, tc.Echo(tag=n))
+        p.expose_input("text", f"{n}.text")
+    assert p.order() == ["alpha", "mid", "zeta"]
+    out = p.run({"text": "x"})
+    assert set(out.keys()) == {"alpha.text", "mid.text", "zeta.text"}
+    assert out["zeta.text"] == "zetax"
+
+
+def test_trace_has_timing_and_order():
+    p = _linear(["words", "score", "join"])
+    res = p.run({"text": "a b"})
+    assert res.trace["order"] == ["words", "score", "join"]
+    for n in ["words", "score", "join"]:
+        assert res.trace["components"][n]["seconds"] >= 0
+        assert res.trace["components"][n]["type"].startswith("test.")
+
+
+def test_events_reach_subscribers():
+    p = Pipeline()
+    p.add("e", tc.Echo())
+    p.expose_input("text", "e.text")
+    seen = []
+    p.run({"text": "hi"}, subscribers=[seen.append])
+    kinds = [(e.kind, e.component) for e in seen]
+    assert kinds[0] == ("component_start", "e") and kinds[-1] == ("component_end", "e")
+    prog = [e for e in seen if e.kind == "progress"]
+    assert [(e.data["done"], e.data["total"]) for e in prog] == [(1, 2), (2, 2)]
+
+
+def test_error_event_and_exception():
+    @tc.component("test.boom", outputs={"text": str})
+    class Boom(tc.Component):
+        def run(self, text: str) -> dict:
+            raise RuntimeError("kaboom")
+
+    p = Pipeline()
+    p.add("b", Boom())
+    p.expose_input("text", "b.text")
+    seen = []
+    with pytest.raises(RuntimeError):
+        p.run({"text": "x"}, subscribers=[seen.append])
+    assert any(e.kind == "error" and "kaboom" in e.data["error"] for e in seen)
+
+
+def test_warm_up_called_once_after_validate():
+    p = Pipeline()
+    e = tc.Echo()
+    p.add("e", e)
+    p.expose_input("text", "e.text")
+    assert not e.warmed
+    p.run({"text": "a"})
+    assert e.warmed
+
+
+@pytest.mark.parametrize(
+    "src,dst,msg",
+    [
+        ("nope.chunks", "score.chunks", "unknown component 'nope'"),
+        ("words.chunkz", "score.chunks", "Its output sockets: chunks"),
+        ("words.chunks", "score.chunkz", "Its input sockets: chunks"),
+        ("words.chunks", "join.scored", "type mismatch"),
+        ("join.count", "score.chunks", r"type mismatch: join.count gives int but score.chunks takes list\[Chunk\]"),
+    ],
+)
+def test_connect_checks(src, dst, msg):
+    p = Pipeline()
+    p.add("words", tc.Words())
+    p.add("score", tc.ScoreLen())
+    p.add("join", tc.Join())
+    with pytest.raises(SpecError, match=msg):
+        p.connect(src, dst)
+
+
+def test_self_loop_and_cycle_and_double_feed():
+    p = Pipeline()
+    p.add("a", tc.Echo())
+    p.add("b", tc.Echo())
+    with pytest.raises(SpecError, match="self-loops"):
+        p.connect("a.text", "a.text")
+    p.connect("a.text", "b.text")
+    with pytest.raises(SpecError, match="cycle"):
+        p.connect("b.text", "a.text")
+    p.add("c", tc.Echo())
+    with pytest.raises(SpecError, match="already fed"):
+        p.connect("c.text", "b.text")
+
+
+def test_duplicate_name_and_bad_param():
+    p = Pipeline()
+    p.add("a", tc.Echo())
+    with pytest.raises(SpecError, match="duplicate component name 'a'"):
+        p.add("a", tc.Echo())
+    with pytest.raises(SpecError, match="unknown parameter 'tga'.*Did you mean 'tag'"):
+        tc.Echo(tga="x")
+    with pytest.raises(SpecError, match="expected bool"):
+        tc.Words(lower="perhaps")
+
+
+def test_validate_required_inputs():
+    p = Pipeline()
+    p.add("c", tc.Concat())
+    p.expose_input("a", "c.a")
+    with pytest.raises(SpecError, match=r"required input c.b \(str\) is not connected"):
+        p.validate()
+
+
+def test_unknown_and_missing_pipeline_inputs():
+    p = _linear(["words", "score", "join"])
+    from ctxflow.errors import UserError
+
+    with pytest.raises(UserError, match="unknown pipeline input 'txt'.*Did you mean 'text'"):
+        p.run({"txt": "a"})
+    with pytest.raises(UserError, match="missing pipeline input"):
+        p.run({})
+    # component.socket addressing works too, and optional sockets keep defaults
+    assert p.run({"words.text": "a b"})["joined"] == "a+b"
+
+
+def test_type_compatibility_rules():
+    from typing import Any, Union
+
+    assert compatible(list[Chunk], list[Chunk])
+    assert compatible(list[Scored[Chunk]], Union[list[Chunk], list[Scored[Chunk]]])
+    assert not compatible(list[Chunk], list[Scored[Chunk]])
+    assert compatible(int, float) and not compatible(float, int)
+    assert compatible(Any, str) and compatible(str, Any)
+    assert not compatible(str, list[str])
+
+
+def test_shared_model_single_instance():
+    """A model object used by two components is registered once and injected into both."""
+    from ctxflow.llm.fake import FakeLLM
+    from ctxflow.graph.component import LLMRef, component, Component
+
+    @component("test.uses_llm", outputs={"text": str})
+    class UsesLLM(Component):
+        def __init__(self, llm: LLMRef = "llm"):
+            self.llm = llm
+
+        def run(self, text: str) -> dict:
+            return {"text": self.llm.generate([text])[0].text}
+
+    m = FakeLLM(responses=["r1", "r2"])
+    p = Pipeline()
+    p.add("a", UsesLLM(llm=m))
+    p.add("b", UsesLLM(llm=m))
+    p.expose_input("text", "a.text", "b.text")
+    assert list(p.models) == ["llm"] and p.models["llm"] is m
+    p.run({"text": "x"})
+    assert p.component("a").llm is p.component("b").llm is m
+    d = p.to_dict()
+    assert d["components"]["a"]["llm"] == "llm" and d["models"]["llm"]["type"] == "fake"

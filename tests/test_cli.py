@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ctxflow.cli import main
+
+ROOT = Path(__file__).parent.parent
+GOOD = ROOT / "tests" / "graph" / "good.yaml"
+
+
+def test_version(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as ei:
+        main(["--version"])
+    assert ei.value.code == 0
+    assert "ctxflow 0.1.0" in capsys.readouterr().out
+
+
+def test_draw_png_and_mermaid(tmp_path, capsys):
+    png, mmd = tmp_path / "p.png", tmp_path / "p.mmd"
+    assert main(["draw", str(GOOD), "-o", str(png)]) == 0
+    assert main(["draw", str(GOOD), "-o", str(mmd)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    text = mmd.read_text()
+    assert text.startswith("flowchart LR") and "chunks → chunks" in text and "aggregate.stuff" in text
+    assert main(["draw", str(GOOD), "-o", str(tmp_path / "p.gif")]) == 2
+    assert ".mmd" in capsys.readouterr().err
+
+
+def test_run_with_inputs_and_trace(tmp_path, capsys):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        "version: 1\ncomponents:\n  chunk: {type: chunk.sentences, size: 8}\n"
+        "inputs: {document: chunk.text}\noutputs: {chunks: chunk.chunks}\n"
+    )
+    doc = tmp_path / "doc.txt"
+    doc.write_text("One sentence here. Another one there! And a third?")
+    trace = tmp_path / "trace.json"
+    assert main(["run", str(spec), "--input", f"document=@{doc}", "--json", "--trace", str(trace), "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    chunks = out["outputs"]["chunks"]
+    text = doc.read_text()
+    assert chunks and all(text[c["start"]:c["end"]] == c["text"] for c in chunks)
+    assert "chunk" in json.loads(trace.read_text())["components"]
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    assert main(["run", str(GOOD), "--input", "document"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+    assert main(["run", str(GOOD), "--input", "document=@/nonexistent/file.txt"]) == 2
+    assert "not found" in capsys.readouterr().err
+    binary = tmp_path / "b.bin"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    assert main(["ask", str(binary), "what?"]) == 2
+    assert "binary" in capsys.readouterr().err
+    empty = tmp_path / "e.txt"
+    empty.write_text("   \n")
+    assert main(["ask", str(empty), "what?"]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["ask", str(GOOD), "  "]) == 2
+    assert "question is empty" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
