@@ -123,9 +123,11 @@ def resource_params(cls: type) -> dict[str, str]:
     hints = _hints(cls.__init__)
     res = {}
     for name, t in hints.items():
-        for meta in getattr(t, "__metadata__", ()):
-            if isinstance(meta, _Ref):
-                res[name] = meta.kind
+        # LLMRef, or LLMRef | None (the Annotated marker sits inside the Union)
+        for cand in (t, *get_args(t)):
+            for meta in getattr(cand, "__metadata__", ()):
+                if isinstance(meta, _Ref):
+                    res[name] = meta.kind
     return res
 
 

@@ -236,7 +236,7 @@ class Pipeline:
                 want = LLM if kind == "llm" else Embedder
                 if not isinstance(m, want):
                     raise SpecError(f"component {name!r} parameter {param!r} needs an {kind}, but model {ref!r} is a {type(m).__name__}.")
-                need = set(getattr(type(comp), "requires", ())) if kind == "llm" else set()
+                need = set(getattr(comp, "requires", ())) if kind == "llm" else set()
                 missing = need - set(getattr(m, "capabilities", ()))
                 if missing:
                     raise SpecError(
