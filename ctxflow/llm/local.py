@@ -1,0 +1,653 @@
+"""A local causal LM through transformers (CPU by default): black box and grey box.
+
+``LocalLM(model="default")`` is SmolLM2-135M-Instruct (see :mod:`ctxflow.llm.models`); any local
+Hugging Face folder or ``.gguf`` file works too. Construction is cheap (plain data); weights load
+in :meth:`LocalLM.warm_up` or on first use, and are shared by every ``LocalLM`` in the process that
+names the same weights, dtype and device.
+
+Generation is a hand-written batched decode loop: prompts are sorted by length and split into
+micro-batches of at most ``batch_tokens`` padded tokens, left-padded, with position ids that count
+only real tokens (cumsum of the attention mask) and a KV cache; finished rows leave the batch.
+Greedy batched output equals one-by-one output (the two differ only by float rounding, ~1e-4 in the
+logits, which would flip an argmax only on a near-exact tie).
+
+Every ``generate`` and ``logprobs`` call goes through the SQLite LLM-call cache
+(:func:`ctxflow.llm.cache.default_cache`) when it is deterministic (greedy, or sampled with a seed);
+only the prompts not found there reach the model. Each call emits one ``llm_call`` event;
+its ``prompt_tokens``/``completion_tokens`` count the work actually done (cached prompts cost none)
+and ``cached`` counts the prompts served from the cache.
+
+Grey box (used by Parallel Context Windows, NBCE, ...): :meth:`LocalLM.logprobs`,
+:meth:`LocalLM.next_token_logits` (log-softmax) and :meth:`LocalLM.forward` (raw logits, explicit
+4-D masks, position ids and KV caches); these two are not cached.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from typing import Any, Sequence
+
+from ..errors import ContextOverflowError
+from ..events import emit
+from ..graph.registry import register_model
+from .base import GREY_BOX, LLM, Generation, Prompt
+from .cache import default_cache, make_key
+from .models import ModelSource, load_causal_lm, resolve_llm, torch_dtype
+
+# (folder or gguf, dtype, device) -> (model, tokenizer): weights shared by all LocalLM instances
+_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+
+# special tokens that end a turn or a document in common model families
+_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<end_of_turn>", "<|end|>")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _sub_seed(seed: int, k: int) -> int:
+    """Seed of the k-th copy of the same prompt within one call (k=0: ``seed`` itself)."""
+    return seed if k == 0 else (seed * 1_000_003 + k * 7_919 + 12_345) % (2**63 - 1)
+
+
+@register_model("local")
+class LocalLM(LLM):
+    """A local transformers causal LM.
+
+    Parameters: ``model`` ("default" = SmolLM2-135M-Instruct, a HF folder or a .gguf file);
+    ``max_context`` emulates a shorter window (``context_length`` = min(real, max_context));
+    ``dtype`` (float32, bfloat16, float16); ``device`` ("cpu", "cuda", ...); ``batch_tokens``:
+    the most padded prompt tokens in one forward micro-batch; ``cache``: use the LLM-call cache;
+    ``threads``: torch CPU threads (default: all available cores).
+    """
+
+    capabilities = GREY_BOX
+
+    def __init__(
+        self,
+        model: str = "default",
+        max_context: int | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_tokens: int = 8192,
+        cache: bool = True,
+        threads: int | None = None,
+    ):
+        if max_context is not None and max_context < 1:
+            raise ValueError(f"max_context must be a positive number of tokens, got {max_context}")
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be positive, got {threads}")
+        torch_dtype(dtype)  # validates the name
+        self.model_name = model
+        self.max_context = max_context
+        self.dtype = dtype
+        self.device = device
+        self.batch_tokens = batch_tokens
+        self.cache = cache
+        self.threads = threads
+        self._source: ModelSource | None = None
+        self._model = None
+        self._tok = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ loading / identity
+    def _resolve(self) -> ModelSource:
+        if self._source is None:
+            self._source = resolve_llm(self.model_name)
+        return self._source
+
+    @property
+    def model_id(self) -> str:  # type: ignore[override]
+        """Stable id of the weights (``smollm2-135m-instruct-q4_1`` for the default; folder/file
+        name + a hash of the files' sizes and times otherwise). Resolves, never loads."""
+        return self._resolve().model_id
+
+    def warm_up(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+
+        with self._lock:
+            if self._model is not None:
+                return
+            torch.set_num_threads(self.threads or _cpu_count())
+            src = self._resolve()
+            key = (str(src.folder or src.gguf), self.dtype, self.device)
+            with _LOAD_LOCK:
+                if key not in _LOADED:
+                    _LOADED[key] = load_causal_lm(src, self.dtype, self.device)
+                model, tok = _LOADED[key]
+            self._tok = tok
+            eos: set[int] = set()
+            for cand in (getattr(model.config, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None), tok.eos_token_id):
+                if isinstance(cand, int):
+                    eos.add(cand)
+                elif isinstance(cand, (list, tuple)):
+                    eos.update(int(c) for c in cand)
+            vocab = tok.get_vocab()
+            eos.update(vocab[t] for t in _END_TOKENS if t in vocab and t in tok.all_special_tokens)
+            self._eos = frozenset(eos)
+            self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos) if eos else 0
+            self._real_context = int(
+                getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048
+            )
+            self._model = model
+
+    def __getstate__(self):  # pickling sends the recipe, not the weights
+        d = {k: v for k, v in self.__dict__.items() if k not in ("_model", "_tok", "_lock")}
+        d["_model"] = d["_tok"] = None
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._lock = threading.RLock()
+
+    @property
+    def model(self):
+        """The ``transformers`` model (loads it)."""
+        self.warm_up()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        """The (fast) tokenizer (loads the model)."""
+        self.warm_up()
+        return self._tok
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Token ids that end a generation."""
+        self.warm_up()
+        return self._eos
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    @property
+    def context_length(self) -> int:
+        self.warm_up()
+        return self._real_context if self.max_context is None else min(self._real_context, self.max_context)
+
+    def spec(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": "local", "model": self.model_name}
+        defaults = {"max_context": None, "dtype": "float32", "device": "cpu", "batch_tokens": 8192, "cache": True, "threads": None}
+        for k, dv in defaults.items():
+            v = getattr(self, k)
+            if v != dv:
+                d[k] = v
+        return d
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")
+        return f"LocalLM({args})"
+
+    # ------------------------------------------------------------------ tokens
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        tok = self.tokenizer
+        if not getattr(tok, "is_fast", False):
+            return super().token_spans(text)
+        return [tuple(s) for s in tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of ``text`` that fits in ``max_tokens`` tokens (one tokenization to
+        find the cut, a few more to settle the boundary)."""
+        if max_tokens <= 0:
+            return ""
+        tok = self.tokenizer
+        if not getattr(tok, "is_fast", False):
+            return super().truncate(text, max_tokens)
+        spans = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if len(spans) <= max_tokens:
+            return text
+        lo = spans[max_tokens - 1][1]  # end of the last token that fits
+        hi = max(lo, spans[max_tokens][1] - 1)  # any longer prefix ends inside the next token
+        if self.count_tokens(text[:lo]) > max_tokens:  # boundary effects: fall back to bisection
+            return super().truncate(text[:lo], max_tokens)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.count_tokens(text[:mid]) <= max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return text[:lo]
+
+    def render(self, prompt: Prompt, chat: bool = True) -> str:
+        """The text fed to the tokenizer: with ``chat`` and a chat template, the template with the
+        generation prompt (a list ending with an assistant message is continued instead); otherwise
+        the string itself (message contents joined by blank lines)."""
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "content" in m for m in prompt):
+            messages = [dict(m) for m in prompt]
+        else:
+            raise TypeError(f"a prompt is a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}")
+        tok = self.tokenizer
+        if chat and getattr(tok, "chat_template", None):
+            cont = bool(messages) and messages[-1].get("role") == "assistant"
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+        if isinstance(prompt, str):
+            return prompt
+        return "\n\n".join(m["content"] for m in messages)
+
+    def encode(self, prompt: Prompt, chat: bool = False, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text or prompt. ``chat=False`` (default): plain text, with the special
+        tokens the tokenizer adds to plain text (none for SmolLM2; BOS for Llama-style models) when
+        ``add_special_tokens``. ``chat=True``: the chat template (which brings its own specials)."""
+        text = self.render(prompt, chat)
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            add_special_tokens = False
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def prompt_tokens(self, prompt: Prompt, chat: bool = True) -> int:
+        return len(self.encode(prompt, chat=chat))
+
+    def _check_fits(self, n: int, i: int, what: str = "prompt") -> None:
+        ctx = self.context_length
+        if n > ctx:
+            how = f" (max_context={self.max_context}; the model itself has {self._real_context})" if self.max_context is not None and self.max_context < self._real_context else ""
+            raise ContextOverflowError(
+                f"{what} {i} has {n} tokens but the context of {self.model_id} is {ctx} tokens{how}. "
+                "Shorten it, or split the document into chunks that fit."
+            )
+
+    def _encode_prompts(self, prompts: Sequence[Prompt], chat: bool) -> tuple[list[str], list[list[int]]]:
+        if isinstance(prompts, (str, dict)):
+            raise TypeError("prompts must be a list of prompts (wrap a single prompt in a list)")
+        texts = [self.render(p, chat) for p in prompts]
+        special = not (chat and getattr(self.tokenizer, "chat_template", None))
+        ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=special)["input_ids"]] if texts else []
+        return texts, ids
+
+    def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices sorted by length (longest first), split so that rows x longest <= batch_tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            longest = lengths[cur[0]] if cur else lengths[i]
+            if cur and (len(cur) + 1) * max(longest, 1) > self.batch_tokens:
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _cache(self):
+        return default_cache() if self.cache else None
+
+    def _params(self, **kw: Any) -> dict[str, Any]:
+        if self.dtype != "float32":
+            kw["dtype"] = self.dtype
+        return kw
+
+    # ------------------------------------------------------------------ black box
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        temperature: float = 0.0,
+        chat: bool = True,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """Continue each prompt (batched). Greedy when ``temperature == 0``; sampled otherwise,
+        reproducibly when ``seed`` is given (identical prompts in one call get different sub-seeds).
+        A generation ends at an EOS token (``finish_reason="eos"``), at a stop string (the text is cut
+        before it, ``"stop"``) or after ``max_new_tokens`` (``"length"``, also when the context is
+        full). ``n_tokens`` counts generated tokens (stop-string tokens included, EOS not);
+        ``logprob`` sums their model log-probs (temperature 1)."""
+        self.warm_up()
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        stops = sorted({s for s in (stop or []) if s})
+        if isinstance(stop, str):
+            stops = [stop] if stop else []
+        texts, ids = self._encode_prompts(prompts, chat)
+        for i, x in enumerate(ids):
+            self._check_fits(len(x), i)
+        n = len(ids)
+        greedy = temperature == 0
+        deterministic = greedy or seed is not None
+        # per-prompt keys (and sub-seeds for repeated prompts under sampling)
+        seen: dict[str, int] = {}
+        keys: list[str | None] = []
+        seeds: list[int | None] = []
+        for t in texts:
+            k = seen.get(t, 0)
+            seen[t] = k + 1
+            sub = None if greedy or seed is None else _sub_seed(int(seed), k)
+            seeds.append(sub)
+            if deterministic:
+                params = self._params(max_new_tokens=max_new_tokens, stop=stops, temperature=float(temperature))
+                if not greedy:
+                    params["seed"] = sub
+                keys.append(make_key(self.model_id, "generate", t, params))
+            else:
+                keys.append(None)
+        cache = self._cache() if deterministic else None
+        found = cache.get_many([k for k in keys if k]) if cache is not None and n else {}
+        results: list[Generation | None] = [None] * n
+        todo: dict[str, list[int]] = {}  # deterministic: compute each distinct key once
+        todo_rows: list[int] = []
+        for i, k in enumerate(keys):
+            if k is not None and k in found:
+                v = found[k]
+                results[i] = Generation(text=v["text"], n_prompt_tokens=v["n_prompt_tokens"], n_tokens=v["n_tokens"],
+                                        finish_reason=v["finish_reason"], logprob=v.get("logprob"), cached=True)
+            elif k is not None and k in todo:
+                todo[k].append(i)
+            else:
+                if k is not None:
+                    todo[k] = [i]
+                todo_rows.append(i)
+        n_cached = sum(r is not None for r in results)
+        prompt_toks = completion_toks = 0
+        if todo_rows and max_new_tokens > 0:
+            for batch in self._micro_batches([len(ids[i]) for i in todo_rows]):
+                rows = [todo_rows[j] for j in batch]
+                outs = self._generate_batch([ids[i] for i in rows], max_new_tokens, stops, float(temperature), [seeds[i] for i in rows])
+                puts = []
+                for i, g in zip(rows, outs):
+                    results[i] = g
+                    prompt_toks += g.n_prompt_tokens
+                    completion_toks += g.n_tokens
+                    if keys[i] is not None:
+                        for j in todo[keys[i]][1:]:
+                            results[j] = Generation(g.text, g.n_prompt_tokens, g.n_tokens, g.finish_reason, g.logprob)
+                        puts.append((keys[i], self.model_id, "generate",
+                                     {"text": g.text, "n_prompt_tokens": g.n_prompt_tokens, "n_tokens": g.n_tokens,
+                                      "finish_reason": g.finish_reason, "logprob": g.logprob}))
+                if cache is not None:
+                    cache.put_many(puts)  # committed per micro-batch: an interrupted run keeps them
+        for i in range(n):
+            if results[i] is None:  # max_new_tokens <= 0
+                results[i] = Generation("", n_prompt_tokens=len(ids[i]), n_tokens=0, finish_reason="length", logprob=0.0)
+        emit("llm_call", model=self.model_id, op="generate", n_prompts=n, prompt_tokens=prompt_toks,
+             completion_tokens=completion_toks, cached=n_cached)
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, batch: list[list[int]], max_new_tokens: int, stops: list[str], temperature: float,
+                        seeds: list[int | None]) -> list[Generation]:
+        import torch
+        from transformers import DynamicCache
+
+        model, dev = self._model, self._model.device
+        B = len(batch)
+        L = max(len(x) for x in batch)
+        ctx = self.context_length
+        inp = torch.full((B, L), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for r, x in enumerate(batch):
+            if x:
+                inp[r, L - len(x):] = torch.tensor(x, dtype=torch.long)
+                mask[r, L - len(x):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        inp, mask, pos = inp.to(dev), mask.to(dev), pos.to(dev)
+        budget = [min(max_new_tokens, ctx - len(x)) for x in batch]
+        gens = [torch.Generator(device="cpu").manual_seed(s) if s is not None else None for s in seeds]
+        out_ids: list[list[int]] = [[] for _ in range(B)]
+        logprob = [0.0] * B
+        reason = ["length"] * B
+        text: list[str | None] = [None] * B
+        max_stop = max((len(s) for s in stops), default=0)
+        scanned = [0] * B  # stop-string search resumes here
+        active = [r for r in range(B) if budget[r] > 0]
+        if not active:
+            return [Generation("", len(x), 0, "length", 0.0) for x in batch]
+        rows = torch.tensor(active, dtype=torch.long)
+        if len(active) < B:
+            inp, mask, pos = inp[rows.to(dev)], mask[rows.to(dev)], pos[rows.to(dev)]
+        pkv = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            out = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=pkv, use_cache=True, logits_to_keep=1)
+            last_pos = pos[:, -1]
+            while True:
+                logits = out.logits[:, -1, :].float()
+                logp = torch.log_softmax(logits, dim=-1)
+                if temperature == 0:
+                    nxt = logits.argmax(-1)
+                else:
+                    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+                    picks = []
+                    for j, r in enumerate(active):
+                        picks.append(torch.multinomial(probs[j], 1, generator=gens[r]) if gens[r] is not None else torch.multinomial(probs[j], 1))
+                    nxt = torch.cat(picks).to(dev)
+                nxt_l = nxt.tolist()
+                lp_l = logp.gather(1, nxt[:, None])[:, 0].tolist()
+                keep: list[int] = []
+                for j, r in enumerate(active):
+                    t = nxt_l[j]
+                    if t in self._eos:
+                        reason[r] = "eos"
+                        continue
+                    out_ids[r].append(t)
+                    logprob[r] += lp_l[j]
+                    if stops:
+                        s = self._tok.decode(out_ids[r], skip_special_tokens=True)
+                        start = max(0, scanned[r] - max_stop - 8)  # the tail may re-decode differently
+                        hit = min((k for k in (s.find(st, start) for st in stops) if k >= 0), default=-1)
+                        if hit >= 0:
+                            text[r] = s[:hit]
+                            reason[r] = "stop"
+                            continue
+                        scanned[r] = len(s)
+                    if len(out_ids[r]) >= budget[r]:
+                        reason[r] = "length"
+                        continue
+                    keep.append(j)
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    sel = torch.tensor(keep, dtype=torch.long, device=dev)
+                    pkv.batch_select_indices(sel)
+                    mask, last_pos, nxt = mask[sel], last_pos[sel], nxt[sel]
+                    active = [active[j] for j in keep]
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=dev)], dim=1)
+                last_pos = last_pos + 1
+                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                            past_key_values=pkv, use_cache=True, logits_to_keep=1)
+        res = []
+        for r in range(B):
+            t = text[r] if text[r] is not None else self._tok.decode(out_ids[r], skip_special_tokens=True)
+            res.append(Generation(t, n_prompt_tokens=len(batch[r]), n_tokens=len(out_ids[r]), finish_reason=reason[r], logprob=logprob[r]))
+        return res
+
+    # ------------------------------------------------------------------ grey box
+    def _logits(self, hidden):
+        """lm head (+ final soft-capping where the model has it) on hidden states."""
+        import torch
+
+        logits = self._model.get_output_embeddings()(hidden).float()
+        cap = getattr(self._model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _hidden_right_padded(self, seqs: list[list[int]]):
+        """Last hidden states (B, L, H) of right-padded ``seqs`` (positions 0..n-1)."""
+        import torch
+
+        dev = self._model.device
+        L = max(len(s) for s in seqs)
+        inp = torch.full((len(seqs), L), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), L), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            inp[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, : len(s)] = 1
+        pos = torch.arange(L).expand(len(seqs), L)
+        base = self._model.get_decoder() if hasattr(self._model, "get_decoder") else self._model.base_model
+        out = base(input_ids=inp.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False)
+        return out.last_hidden_state
+
+    def logprobs(self, prompts: Sequence[Prompt], continuations: Sequence[str], chat: bool = True) -> list[list[float]]:
+        """Per-token log-probs of each continuation given its prompt (batched, cached). The
+        continuation is tokenized on its own (no special tokens) and appended to the prompt's tokens
+        (chat template with generation prompt when ``chat``)."""
+        import torch
+
+        self.warm_up()
+        if len(prompts) != len(continuations):
+            raise ValueError(f"logprobs needs one continuation per prompt: {len(prompts)} prompts, {len(continuations)} continuations")
+        texts, pids = self._encode_prompts(prompts, chat)
+        cids = [list(self._tok(c, add_special_tokens=False)["input_ids"]) if c else [] for c in continuations]
+        seqs = [p + c for p, c in zip(pids, cids)]
+        for i, s in enumerate(seqs):
+            self._check_fits(len(s), i, "prompt + continuation")
+        keys = [make_key(self.model_id, "logprobs", {"prompt": t, "continuation": c}, self._params()) for t, c in zip(texts, continuations)]
+        cache = self._cache()
+        found = cache.get_many(keys) if cache is not None and keys else {}
+        res: list[list[float] | None] = [found.get(k) if k in found else None for k in keys]
+        n_cached = sum(r is not None for r in res)
+        todo = [i for i, r in enumerate(res) if r is None and cids[i]]
+        for i, r in enumerate(res):
+            if r is None and not cids[i]:
+                res[i] = []
+        ptoks = 0
+        with torch.inference_mode():
+            for batch in self._micro_batches([len(seqs[i]) for i in todo]):
+                rows = [todo[j] for j in batch]
+                hidden = self._hidden_right_padded([seqs[i] for i in rows])
+                puts = []
+                for b, i in enumerate(rows):
+                    np_, nc = len(pids[i]), len(cids[i])
+                    start = max(np_ - 1, 0)
+                    h = hidden[b, start : np_ + nc - 1]
+                    lp = torch.log_softmax(self._logits(h), dim=-1)
+                    targets = torch.tensor(cids[i][1:] if np_ == 0 else cids[i], device=lp.device)
+                    vals = lp.gather(1, targets[:, None])[:, 0].tolist()
+                    if np_ == 0:  # the first token has no context to be predicted from
+                        vals = [float("nan")] + vals
+                    res[i] = vals
+                    ptoks += len(seqs[i])
+                    puts.append((keys[i], self.model_id, "logprobs", vals))
+                if cache is not None:
+                    cache.put_many(puts)
+        emit("llm_call", model=self.model_id, op="logprobs", n_prompts=len(keys), prompt_tokens=ptoks, completion_tokens=0, cached=n_cached)
+        return res  # type: ignore[return-value]
+
+    def next_token_logits(self, prompts: Sequence[Prompt], chat: bool = True):
+        """``torch.Tensor`` (B, V), float32, on the CPU: the **log-softmax** (normalised log-probs) of
+        the next token after each prompt. Batched (right padding), not cached."""
+        import torch
+
+        self.warm_up()
+        _, ids = self._encode_prompts(prompts, chat)
+        for i, x in enumerate(ids):
+            self._check_fits(len(x), i)
+            if not x:
+                raise ValueError(f"prompt {i} is empty: there is no token to predict from")
+        out = [None] * len(ids)
+        with torch.inference_mode():
+            for batch in self._micro_batches([len(x) for x in ids]):
+                hidden = self._hidden_right_padded([ids[i] for i in batch])
+                last = torch.tensor([len(ids[i]) - 1 for i in batch], device=hidden.device)
+                h = hidden[torch.arange(len(batch), device=hidden.device), last]
+                lp = torch.log_softmax(self._logits(h), dim=-1).cpu()
+                for b, i in enumerate(batch):
+                    out[i] = lp[b]
+        emit("llm_call", model=self.model_id, op="next_token_logits", n_prompts=len(ids), prompt_tokens=sum(map(len, ids)), completion_tokens=0, cached=0)
+        if not ids:
+            return torch.zeros((0, self._model.config.vocab_size), dtype=torch.float32)
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache: bool = True,
+                logits_to_keep: int = 0):
+        """One raw forward pass: ``(logits, past_key_values)``; logits are **raw** (not normalised),
+        float32, shape (B, Q, V) (only the last ``logits_to_keep`` positions when it is > 0).
+
+        * ``input_ids``: (B, Q) LongTensor or (nested) lists of ints.
+        * ``attention_mask``: None (attend to everything before, causal by index), a 2-D (B, K)
+          padding mask of 0/1 where K = cached tokens + Q, or an explicit 4-D (B, 1, Q, K) mask —
+          bool (True = attend) or float (additive: 0 = attend, -inf = blocked), used as is.
+        * ``position_ids``: (B, Q) (default: continuing after the cache). They only move RoPE; which
+          token sees which is decided by the mask alone.
+        * ``past_key_values``: a transformers ``Cache`` (e.g. from a previous call) or a list of
+          per-layer ``(key, value)`` tensors (B, kv_heads, T, head_dim). **It is extended in place**:
+          use :meth:`clone_cache` to branch from a cached prefix more than once.
+        Raises :class:`ContextOverflowError` when a position reaches the context length. Emits no
+        event (callers that loop over forward report their own ``llm_call``).
+        """
+        import torch
+        from transformers import Cache, DynamicCache
+
+        self.warm_up()
+        model = self._model
+        dev = model.device
+        if not isinstance(input_ids, torch.Tensor):
+            input_ids = torch.tensor(input_ids, dtype=torch.long)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        input_ids = input_ids.to(dev)
+        B, Q = input_ids.shape
+        if past_key_values is not None and not isinstance(past_key_values, Cache):
+            past_key_values = DynamicCache(list(past_key_values), config=model.config)
+        if past_key_values is None and use_cache:
+            past_key_values = DynamicCache(config=model.config)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        K = past + Q
+        if position_ids is None:
+            position_ids = torch.arange(past, K, device=dev).expand(B, Q)
+        else:
+            if not isinstance(position_ids, torch.Tensor):
+                position_ids = torch.tensor(position_ids, dtype=torch.long)
+            if position_ids.dim() == 1:
+                position_ids = position_ids[None].expand(B, -1)
+            position_ids = position_ids.to(dev)
+            if tuple(position_ids.shape) != (B, Q):
+                raise ValueError(f"position_ids must have shape ({B}, {Q}), got {tuple(position_ids.shape)}")
+        if Q and int(position_ids.max()) >= self.context_length:
+            raise ContextOverflowError(
+                f"position {int(position_ids.max())} is past the context of {self.model_id} ({self.context_length} tokens)."
+            )
+        if attention_mask is None:
+            # an explicit all-ones 2-D mask: without it transformers reads restarting position ids
+            # as packed sequences and would change the attention pattern
+            attention_mask = torch.ones((B, K), dtype=torch.long, device=dev)
+        else:
+            if not isinstance(attention_mask, torch.Tensor):
+                attention_mask = torch.tensor(attention_mask)
+            attention_mask = attention_mask.to(dev)
+            if attention_mask.dim() == 2:
+                if tuple(attention_mask.shape) != (B, K):
+                    raise ValueError(f"a 2-D attention_mask must have shape ({B}, {K}) (cached + new tokens), got {tuple(attention_mask.shape)}")
+                attention_mask = attention_mask.long()
+            elif attention_mask.dim() == 4:
+                if attention_mask.shape[0] not in (1, B) or attention_mask.shape[1] != 1 or tuple(attention_mask.shape[2:]) != (Q, K):
+                    raise ValueError(f"a 4-D attention_mask must have shape ({B}, 1, {Q}, {K}), got {tuple(attention_mask.shape)}")
+                if attention_mask.dtype != torch.bool:
+                    attention_mask = attention_mask.to(model.dtype)
+                if attention_mask.shape[0] != B:
+                    attention_mask = attention_mask.expand(B, -1, -1, -1)
+            else:
+                raise ValueError(f"attention_mask must be 2-D (B, K) or 4-D (B, 1, Q, K), got {attention_mask.dim()}-D")
+        with torch.inference_mode():
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+        return out.logits.float(), (out.past_key_values if use_cache else None)
+
+    @staticmethod
+    def clone_cache(past_key_values):
+        """A deep copy of a KV cache (to continue one cached prefix several times)."""
+        return copy.deepcopy(past_key_values)
+
+    @staticmethod
+    def cache_length(past_key_values) -> int:
+        """Tokens held in a KV cache."""
+        return 0 if past_key_values is None else int(past_key_values.get_seq_length())

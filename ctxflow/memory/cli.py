@@ -1,0 +1,160 @@
+"""Command-line side of the stores: ``ctxflow index`` and the search behind ``ctxflow ask --store``.
+
+    ctxflow index PATH... --store DIR [--bank knn|cosine|bm25|hybrid|graph|triples]
+                  [--chunker sentences] [--size 128] [--quiet]
+
+Files and folders (walked recursively, hidden entries skipped) are read as UTF-8 (invalid bytes
+replaced and reported; binary and empty files skipped and reported), chunked with
+:func:`ctxflow.chunking.chunk_text`, and added to the store, which is created or appended to (a
+file indexed again replaces its old chunks). The whole update is one commit under the store's
+writer lock: readers see the old store until it is complete.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DocumentError, UserError
+from ..types import Chunk, Scored
+from .store import MANIFEST, read_manifest, store_lock
+
+BANK_CHOICES = ("knn", "cosine", "bm25", "hybrid", "graph", "triples")
+_EMBEDDED = ("knn", "cosine", "hybrid")
+
+
+def walk(paths: list[str]) -> Iterator[Path]:
+    """Files under ``paths`` (folders recursively, sorted, hidden names skipped)."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if not f.startswith("."):
+                        yield Path(root) / f
+        else:
+            yield p
+
+
+def _chunk(text: str, doc_id: str, chunker: str, size: int) -> list[Chunk]:
+    try:
+        from ..chunking import chunk_text
+    except ImportError:  # pragma: no cover - the chunking package is part of ctxflow
+        return [Chunk(doc_id=doc_id, index=i, start=a, end=min(a + 4 * size, len(text)), text=text[a:a + 4 * size])
+                for i, a in enumerate(range(0, len(text), 4 * size)) if text[a:a + 4 * size].strip()]
+    return chunk_text(text, chunker, doc_id=doc_id, size=size)
+
+
+def default_embedder() -> Any:
+    from ..llm.embed import STEmbedder
+
+    return STEmbedder()
+
+
+def new_bank(bank: str, embedder: Any, llm: Any, store: str) -> Any:
+    from . import BM25Bank, CosineBank, GraphBank, HybridBank, KnnBank, TripleStore
+
+    if bank == "knn":
+        return KnnBank(embedder)
+    if bank == "cosine":
+        return CosineBank(embedder)
+    if bank == "hybrid":
+        return HybridBank(embedder)
+    if bank == "bm25":
+        return BM25Bank()
+    if bank == "graph":
+        return GraphBank(llm=llm, embedder=embedder, extractor="llm" if llm is not None else "rules")
+    return TripleStore(store, embedder=embedder, llm=llm, extractor="llm" if llm is not None else "rules")
+
+
+def index_main(paths: list[str], store: str, bank: str | None = None, chunker: str = "sentences", size: int = 128,
+               embedder: Any = None, llm: Any = None, quiet: bool = False, stream: Any = None) -> int:
+    """Index ``paths`` into the store ``store`` (created or appended to). Returns the exit status."""
+    from tqdm import tqdm
+
+    from ..io import document_from_bytes
+    from .store import open_store
+
+    err = stream or sys.stderr
+    if not paths:
+        raise UserError("nothing to index: give files or folders, e.g. ctxflow index docs/ --store stores/docs.")
+    if bank is not None and bank not in BANK_CHOICES:
+        raise UserError(f"unknown bank {bank!r}; valid banks: {', '.join(BANK_CHOICES)}.")
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UserError(f"not found: {', '.join(missing)}.")
+    files = list(walk(paths))
+    sp = Path(store)
+    with store_lock(sp):
+        exists = (sp / MANIFEST).exists()
+        kind = read_manifest(sp).get("bank") if exists else (bank or "knn")
+        if bank is not None and kind != bank:
+            raise UserError(f"store {store} holds a {kind!r} bank; index into it without --bank (or --bank {kind}), "
+                            f"or choose a new store folder for a {bank!r} bank.")
+        if embedder is None and kind in _EMBEDDED and not exists:
+            embedder = default_embedder()
+        b = open_store(sp, embedder=embedder, llm=llm) if exists else new_bank(kind, embedder, llm, store)
+        by_doc: dict[str, list[str]] = {}
+        for cid in (b.ids() if hasattr(b, "ids") else []):
+            by_doc.setdefault(cid.rsplit("#", 1)[0], []).append(cid)
+        skipped, replaced, n_chunks, n_files = [], [], 0, 0
+        for f in tqdm(files, desc=f"indexing into {store}", unit="file", file=err, disable=quiet, dynamic_ncols=True):
+            try:
+                doc = document_from_bytes(f.read_bytes(), str(f))
+            except DocumentError as exc:
+                skipped.append(f"{f} ({str(exc).split(': ', 1)[-1] if ': ' in str(exc) else exc})")
+                continue
+            except OSError as exc:
+                skipped.append(f"{f} (unreadable: {exc.strerror or exc})")
+                continue
+            if doc.meta.get("replaced_bytes"):
+                replaced.append(f"{f} ({doc.meta['replaced_bytes']} byte(s))")
+            chunks = _chunk(doc.text, doc.id, chunker, size)
+            for c in chunks:
+                c.meta.setdefault("path", str(f))
+            if by_doc.get(doc.id):
+                b.remove(by_doc.pop(doc.id))
+            b.add(chunks)
+            n_chunks += len(chunks)
+            n_files += 1
+        version = b.save(sp) if n_files or not exists else None
+    for s in skipped:
+        print(f"skipped {s}", file=err)
+    for r in replaced:
+        print(f"warning: {r} invalid UTF-8 replaced by U+FFFD", file=err)
+    if not n_files:
+        print(f"error: no text file indexed from {', '.join(paths)} ({len(skipped)} skipped).", file=err)
+        return 2
+    v = f", version {version}" if version and kind != "triples" else ""
+    print(f"indexed {n_chunks} chunk(s) from {n_files} file(s) into {store} ({kind} bank, {len(b)} chunk(s) in all{v})"
+          + (f"; skipped {len(skipped)} file(s)" if skipped else ""), file=err)
+    return 0
+
+
+def search_store(store: str, question: str, k: int = 5, embedder: Any = None, llm: Any = None) -> list[Scored[Chunk]]:
+    """The ``k`` best chunks of the store for ``question`` (for ``ctxflow ask --store DIR QUESTION``)."""
+    from .store import open_store
+
+    if not question.strip():
+        raise UserError("the question is empty: ask something.")
+    return open_store(store, embedder=embedder, llm=llm).search(question, k)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    return index_main(args.paths, args.store, bank=args.bank, chunker=args.chunker, size=args.size, quiet=args.quiet)
+
+
+def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``ctxflow index`` on the CLI's subparsers (sets ``fn=cmd_index``)."""
+    p = subparsers.add_parser("index", help="index files or folders into a persisted memory store",
+                              description="Chunk files (folders recursively) and add them to a store folder, creating it or appending.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to index")
+    p.add_argument("--store", "-s", required=True, metavar="DIR", help="the store folder (e.g. stores/docs)")
+    p.add_argument("--bank", "-b", choices=BANK_CHOICES, default=None, help="bank type of a new store (default: knn)")
+    p.add_argument("--chunker", default="sentences", help="chunker kind: sentences, tokens, recursive, code, markdown")
+    p.add_argument("--size", type=int, default=128, help="chunk size in tokens (default 128)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_index)
+    return p

