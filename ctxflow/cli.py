@@ -3,7 +3,9 @@
     ctxflow run PIPELINE [--input NAME=VALUE | NAME=@FILE]... [--json] [--trace FILE]
     ctxflow validate PIPELINE
     ctxflow draw PIPELINE -o FILE            (.png drawn offline, .mmd Mermaid text)
-    ctxflow ask DOC QUESTION [--pipeline FILE] [--json]
+    ctxflow ask DOC QUESTION [--pipeline FILE] [--json] [--stream]
+    ctxflow ask --store DIR QUESTION [--json]
+    ctxflow index PATH... --store DIR [--bank ...]        (ctxflow/memory/cli.py)
     ctxflow bench lines --lines 200,400,600 --per N [--pipeline FILE] [--json OUT]
     ctxflow --version
 
@@ -167,6 +169,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     from .io import read_document
 
+    pos = list(args.positional)
+    if args.store:
+        if len(pos) != 1:
+            raise UserError(f"with --store, give only the question (got {len(pos)} positional arguments): "
+                            "ctxflow ask --store DIR \"QUESTION\".")
+        if not pos[0].strip():
+            raise UserError("the question is empty: ask something, e.g. ctxflow ask --store stores/docs \"Who is the narrator?\".")
+        from .memory.cli import ask_store
+
+        return ask_store(args)
+    if len(pos) != 2:
+        raise UserError(f"ask takes a document and a question (got {len(pos)} positional arguments): "
+                        "ctxflow ask DOC \"QUESTION\"  or  ctxflow ask --store DIR \"QUESTION\".")
+    args.doc, args.question = pos
     if not args.question.strip():
         raise UserError("the question is empty: ask something, e.g. ctxflow ask book.txt \"Who is the narrator?\".")
     doc = read_document(args.doc)
@@ -222,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_draw)
 
     a = sub.add_parser("ask", help="answer a question about a document, with citations")
-    a.add_argument("doc")
-    a.add_argument("question")
+    a.add_argument("positional", nargs="+", metavar="DOC QUESTION",
+                   help="a document (file or folder) and a question; with --store, only the question")
+    a.add_argument("--store", "-s", metavar="DIR", help="answer from a persisted store made by `ctxflow index`")
+    a.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
     a.add_argument("--json", action="store_true")
     a.add_argument("--quiet", "-q", action="store_true")
@@ -240,7 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--two-hop", action="store_true", help="the two-hop variant")
     bl.add_argument("--no-baseline", action="store_true", help="skip the full-context baseline")
     bl.set_defaults(fn=cmd_bench)
+
+    # subcommands owned by their subsystems: each module has ``register(subparsers)``; a module
+    # that is absent (an optional part not installed) simply adds nothing
+    import importlib
+
+    for mod in _SUBCOMMAND_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and mod.startswith(exc.name):
+                continue
+            raise
+        m.register(sub)
     return ap
+
+
+#: modules adding subcommands (``index``, ``summarize``, ``serve``, ``moa`` ...)
+_SUBCOMMAND_MODULES = (
+    "ctxflow.memory.cli",
+    "ctxflow.summarize.cli",
+    "ctxflow.serve.cli",
+    "ctxflow.attention.cli",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -146,7 +146,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     return index_main(args.paths, args.store, bank=args.bank, chunker=args.chunker, size=args.size, quiet=args.quiet)
 
 
-def add_index_parser(subparsers: Any) -> argparse.ArgumentParser:
+def register(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``ctxflow index`` on the CLI's subparsers (sets ``fn=cmd_index``)."""
     p = subparsers.add_parser("index", help="index files or folders into a persisted memory store",
                               description="Chunk files (folders recursively) and add them to a store folder, creating it or appending.")

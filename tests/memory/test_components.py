@@ -11,7 +11,7 @@ from ctxflow.chunking import SentenceChunker
 from ctxflow.errors import UserError
 from ctxflow.graph.registry import COMPONENTS
 from ctxflow.memory import KnnBank, open_store, read_manifest
-from ctxflow.memory.cli import add_index_parser, index_main, search_store
+from ctxflow.memory.cli import register, index_main, search_store
 from ctxflow.memory.cosine import CosineMemory
 from ctxflow.memory.knn import KnnMemory
 
@@ -129,9 +129,9 @@ def test_index_main_other_banks(tmp_path, bank, capsys):
     assert hits and "swift-apple" in hits[0].item.text
 
 
-def test_add_index_parser():
+def test_register():
     ap = argparse.ArgumentParser()
-    add_index_parser(ap.add_subparsers(dest="cmd"))
+    register(ap.add_subparsers(dest="cmd"))
     args = ap.parse_args(["index", "docs", "more.txt", "--store", "stores/x", "--bank", "hybrid", "--size", "64", "-q"])
     assert args.paths == ["docs", "more.txt"] and args.store == "stores/x" and args.bank == "hybrid"
     assert args.size == 64 and args.quiet and args.chunker == "sentences" and callable(args.fn)
