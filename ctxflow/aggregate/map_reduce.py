@@ -122,7 +122,9 @@ class MapReduce(Component):
         return text if llm.count_tokens(text) <= budget else llm.truncate(text, budget)  # type: ignore[union-attr]
 
     def _generate(self, prompts: list[str], new_tokens: int, stats: dict) -> list[str]:
-        gens = self.llm.generate(prompts, max_new_tokens=new_tokens)  # type: ignore[union-attr]
+        from ..run import current_executor  # local: one batched generate; ray: shards on actors
+
+        gens = current_executor().map_generate(self.llm, prompts, max_new_tokens=new_tokens)
         stats["batches"] += 1
         stats["calls"] += len(prompts)
         for p, g in zip(prompts, gens):

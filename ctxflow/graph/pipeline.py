@@ -27,6 +27,7 @@ import networkx as nx
 from ..errors import ConnectionError_, SpecError, UserError
 from ..events import Event, EventBus, Subscriber, use_bus
 from ..llm.base import LLM, Embedder
+from ..run.base import use_executor
 from .component import Socket, compatible, describe_type, input_sockets, resource_params
 from .registry import suggest
 
@@ -289,7 +290,7 @@ class Pipeline:
         produced: dict[str, dict[str, Any]] = {}
         trace: dict[str, Any] = {"order": self.order(), "components": {}}
         t_run = time.perf_counter()
-        with use_bus(bus):
+        with use_bus(bus), use_executor(self.executor):  # map steps go through the pipeline's executor
             for name in self.order():
                 comp = self.component(name)
                 kwargs = dict(per.get(name, {}))

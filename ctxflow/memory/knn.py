@@ -33,11 +33,9 @@ METRICS = ("ip", "l2")
 
 def embed_chunks(embedder: Any, texts: list[str], batch_size: int = 64, kind: str = "passage") -> np.ndarray:
     """Embed ``texts`` in batches (reporting progress) as a float32 matrix."""
-    parts = []
-    for i in range(0, len(texts), batch_size):
-        parts.append(np.asarray(embedder.embed(texts[i:i + batch_size], kind=kind), dtype=np.float32))
-        progress(min(i + batch_size, len(texts)), len(texts), "embedding")
-    return np.vstack(parts) if parts else np.zeros((0, int(embedder.dim)), dtype=np.float32)
+    from ..run import current_executor  # local: batches in-process (with progress); ray: shards on actors
+
+    return current_executor().map_embed(embedder, texts, kind=kind, batch_size=batch_size)
 
 
 @register_bank

@@ -1,39 +1,40 @@
-"""Executors: how map steps run. ``local`` batches into the in-process model."""
+"""Executors: how map steps run. ``local`` batches into the in-process model; ``ray`` spreads map
+steps over Ray actors that each hold the model (``pip install 'ctxflow[ray]'``).
+
+Chosen per pipeline, without changing its components::
+
+    executor: {type: ray, address: local, actors: 2}      # YAML, top level
+    ctxflow run book.yaml --executor ray:actors=4,address=auto
+
+See :mod:`ctxflow.run.base` for the interface and ``current_executor()``.
+"""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
-from ..errors import SpecError
+import yaml
 
-
-class LocalExecutor:
-    """Runs ``fn`` over items in-process, in batches (a batch is one call into the model)."""
-
-    type_name = "local"
-
-    def __init__(self, batch_size: int | None = None):
-        self.batch_size = batch_size
-
-    def map_batches(self, fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any]) -> list[Any]:
-        items = list(items)
-        if not self.batch_size:
-            return list(fn(items))
-        out: list[Any] = []
-        for i in range(0, len(items), self.batch_size):
-            out.extend(fn(items[i : i + self.batch_size]))
-        return out
-
-    def spec(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"type": "local"}
-        if self.batch_size:
-            d["batch_size"] = self.batch_size
-        return d
+from ..errors import SpecError, UserError
+from .base import Executor, current_executor, use_executor
+from .local import LocalExecutor
 
 
-EXECUTORS: dict[str, type] = {"local": LocalExecutor}
+def _ray_executor() -> type:
+    from .ray import RayExecutor
+
+    return RayExecutor
 
 
-def make_executor(spec: dict[str, Any]) -> Any:
+#: executor type -> class (or a zero-argument loader, so Ray is imported only when named)
+EXECUTORS: dict[str, Any] = {"local": LocalExecutor, "ray": _ray_executor}
+
+
+def make_executor(spec: dict[str, Any] | Executor | None) -> Executor | None:
+    """An executor from its ``executor:`` mapping (``{"type": "ray", "actors": 2}``)."""
+    if spec is None or isinstance(spec, Executor):
+        return spec
+    if not isinstance(spec, dict):
+        raise SpecError(f"executor must be a mapping such as {{type: ray, actors: 2}}, got {spec!r}.")
     spec = dict(spec)
     kind = spec.pop("type", "local")
     if kind not in EXECUTORS:
@@ -41,5 +42,26 @@ def make_executor(spec: dict[str, Any]) -> Any:
     from ..graph.component import validate_params
 
     cls = EXECUTORS[kind]
-    cls.type_name = kind
-    return cls(**validate_params(cls, spec))
+    if not isinstance(cls, type):
+        cls = cls()
+    try:
+        return cls(**validate_params(cls, spec))
+    except ValueError as exc:
+        raise SpecError(f"executor {kind}: {exc}") from None
+
+
+def parse_executor_arg(text: str) -> Executor:
+    """``--executor`` on the command line: ``local``, ``ray`` or ``ray:actors=4,address=auto``."""
+    kind, _, rest = (text or "").strip().partition(":")
+    spec: dict[str, Any] = {"type": kind.strip()}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        if "=" not in part:
+            raise UserError(f"--executor {text!r}: {part!r} must be KEY=VALUE, e.g. --executor ray:actors=2,address=local.")
+        k, v = part.split("=", 1)
+        spec[k.strip()] = yaml.safe_load(v) if v.strip() else None
+    ex = make_executor(spec)
+    assert ex is not None
+    return ex
+
+
+__all__ = ["Executor", "LocalExecutor", "EXECUTORS", "current_executor", "use_executor", "make_executor", "parse_executor_arg"]

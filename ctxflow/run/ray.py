@@ -1,0 +1,216 @@
+"""``ray``: map steps on Ray actors that each hold the model; stateless steps as Ray tasks.
+
+    executor: {type: ray, address: local, actors: 2}                  # a Ray on this machine
+    executor: {type: ray, address: auto, actors: 8, gpus_per_actor: 1} # the cluster this node is in
+    executor: {type: ray, address: "ray://head:10001", actors: 16}     # Ray Client
+
+* ``address``: ``local`` starts (or joins the already started) Ray in this process;
+  ``auto`` or ``ray://host:port`` connects to a running cluster.
+* Each actor (``cpus_per_actor`` CPUs, ``gpus_per_actor`` GPUs) keeps every model it was sent,
+  loaded once: a model travels as its recipe (``LocalLM`` pickles without weights) and is
+  warmed up on first use. A map step is cut into ``actors * shards_per_actor`` contiguous shards;
+  each shard is one batched ``generate``/``embed`` call on an idle actor (``ActorPool``); results
+  come back in order.
+* The LLM-call cache works on the actors too (each node's own cache folder), so an interrupted
+  run resumes there as well.
+* Events: actors cannot reach the driver's event bus, so the executor emits one ``llm_call``
+  (summed over shards, ``executor="ray"``) and ``progress`` per finished shard on the driver.
+
+Ray is optional: ``pip install 'ctxflow[ray]'``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..events import emit, progress
+from .base import Executor
+
+ADDRESS_HELP = "use 'local' (a Ray started here), 'auto' (the cluster of this node) or 'ray://HOST:PORT'"
+_FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "CTXFLOW_MODEL_DIR")
+
+
+def _key(model: Any) -> str:
+    """Identity of a model recipe: actors reuse the loaded model for the same key."""
+    spec = model.spec() if hasattr(model, "spec") else {}
+    return f"{type(model).__module__}.{type(model).__qualname__}:{json.dumps(spec, sort_keys=True, default=str)}"
+
+
+def _shards(n: int, k: int) -> list[tuple[int, int]]:
+    """``k`` contiguous, near-equal (start, end) ranges covering ``range(n)`` (none empty)."""
+    k = max(1, min(k, n))
+    q, r = divmod(n, k)
+    out, start = [], 0
+    for i in range(k):
+        end = start + q + (1 if i < r else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def _call(fn: Callable[[Any], Any], x: Any) -> Any:
+    """A stateless step as a Ray task (any picklable callable)."""
+    return fn(x)
+
+
+class _ModelHolder:
+    """Body of the Ray actor: holds models by recipe key, loads each once."""
+
+    def __init__(self, threads: int):
+        import torch
+
+        self.threads = max(1, int(threads))
+        torch.set_num_threads(self.threads)
+        self.models: dict[str, Any] = {}
+
+    def _get(self, key: str, model: Any) -> Any:
+        m = self.models.get(key)
+        if m is None:
+            if hasattr(m := model, "threads") and getattr(m, "threads", None) is None:
+                m.threads = self.threads  # LocalLM would otherwise take every core of the node
+            m.warm_up()
+            self.models[key] = m
+        return m
+
+    def generate(self, key: str, model: Any, prompts: list[Any], kw: dict[str, Any]) -> tuple[int, list[Any]]:
+        return os.getpid(), self._get(key, model).generate(prompts, **kw)
+
+    def embed(self, key: str, model: Any, texts: list[str], kind: str) -> tuple[int, np.ndarray]:
+        return os.getpid(), np.asarray(self._get(key, model).embed(texts, kind=kind), dtype=np.float32)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor(Executor):
+    """Map steps on ``actors`` Ray actors, each holding its own copy of the models it is sent."""
+
+    type_name = "ray"
+
+    def __init__(self, address: str = "local", actors: int = 2, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+                 shards_per_actor: int = 1, num_cpus: int | None = None, object_store_mb: int | None = 256):
+        if importlib.util.find_spec("ray") is None:
+            raise UserError("the 'ray' executor needs Ray, which is not installed: pip install 'ctxflow[ray]'.")
+        if not isinstance(address, str) or not (address in ("local", "auto") or address.startswith("ray://")
+                                                or ":" in address):
+            raise ValueError(f"address {address!r} is not valid: {ADDRESS_HELP}")
+        if actors < 1:
+            raise ValueError(f"actors must be >= 1, got {actors}")
+        if cpus_per_actor <= 0 or gpus_per_actor < 0 or shards_per_actor < 1:
+            raise ValueError("cpus_per_actor must be > 0, gpus_per_actor >= 0 and shards_per_actor >= 1")
+        self.address, self.actors, self.cpus_per_actor, self.gpus_per_actor = address, actors, cpus_per_actor, gpus_per_actor
+        self.shards_per_actor, self.num_cpus, self.object_store_mb = shards_per_actor, num_cpus, object_store_mb
+        self._pool: list[Any] = []
+        self._call: Any = None
+        self._lock = threading.Lock()
+        #: pids of the actors that served the last map step (for traces and tests)
+        self.last_workers: set[int] = set()
+
+    # -- Ray lifecycle ----------------------------------------------------------------------
+    def _ray(self):
+        import ray
+
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
+            if self.address == "local":
+                if self.object_store_mb:
+                    kw["object_store_memory"] = int(self.object_store_mb) << 20
+                ray.init(num_cpus=self.num_cpus, **kw)
+            else:
+                env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ and k != "CTXFLOW_MODEL_DIR"}
+                try:
+                    ray.init(address=self.address, runtime_env={"env_vars": env}, **kw)
+                except (ConnectionError, RuntimeError) as exc:
+                    raise UserError(f"cannot reach the Ray cluster at {self.address!r}: {exc}. {ADDRESS_HELP}.") from None
+        return ray
+
+    def _actors(self) -> list[Any]:
+        with self._lock:
+            if not self._pool:
+                ray = self._ray()
+                cls = ray.remote(_ModelHolder).options(num_cpus=self.cpus_per_actor, num_gpus=self.gpus_per_actor)
+                threads = max(1, int(round(self.cpus_per_actor)))
+                self._pool = [cls.remote(threads) for _ in range(self.actors)]
+            return self._pool
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the actors (starts them)."""
+        ray = self._ray()
+        return ray.get([a.pid.remote() for a in self._actors()])
+
+    def close(self) -> None:
+        if self._pool:
+            import ray
+
+            for a in self._pool:
+                ray.kill(a)
+            self._pool = []
+
+    # -- map steps --------------------------------------------------------------------------
+    def _run_shards(self, method: str, model: Any, items: list[Any], args: tuple, desc: str) -> list[Any]:
+        """Cut ``items`` into shards, run ``actor.method(key, model, shard, *args)`` on idle actors,
+        return the per-shard results in order (reporting progress per shard)."""
+        from ray.util import ActorPool
+
+        actors = self._actors()
+        shards = _shards(len(items), len(actors) * self.shards_per_actor)
+        key = _key(model)
+        ref = self._ray().put(model)
+        pool = ActorPool(actors)
+        results, pids, done = [], set(), 0
+        for (a, b), (pid, res) in zip(shards, pool.map(lambda act, s: getattr(act, method).remote(key, ref, items[s[0]:s[1]], *args), shards)):
+            pids.add(pid)
+            results.append(res)
+            done += b - a
+            progress(done, len(items), desc)
+        self.last_workers = pids
+        return results
+
+    def map_generate(self, llm: Any, prompts: Sequence[Any], **kw: Any) -> list[Any]:
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        gens = [g for part in self._run_shards("generate", llm, prompts, (kw,), "generate (ray)") for g in part]
+        emit("llm_call", model=getattr(llm, "model_id", "llm"), op="generate", n_prompts=len(gens), executor="ray",
+             prompt_tokens=sum(g.n_prompt_tokens for g in gens if not g.cached),
+             completion_tokens=sum(g.n_tokens for g in gens if not g.cached), cached=sum(bool(g.cached) for g in gens),
+             workers=sorted(self.last_workers))
+        return gens
+
+    def map_embed(self, embedder: Any, texts: Sequence[str], kind: str = "passage", batch_size: int = 64) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, int(embedder.dim)), dtype=np.float32)
+        parts = self._run_shards("embed", embedder, texts, (kind,), "embedding (ray)")
+        return np.vstack(parts).astype(np.float32, copy=False)
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        ray = self._ray()
+        if self._call is None:
+            self._call = ray.remote(num_cpus=1)(_call)
+        ref = ray.put(fn)
+        return ray.get([self._call.remote(ref, x) for x in items])
+
+    def spec(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": "ray", "address": self.address, "actors": self.actors}
+        defaults = {"cpus_per_actor": 1.0, "gpus_per_actor": 0.0, "shards_per_actor": 1, "num_cpus": None, "object_store_mb": 256}
+        for k, dv in defaults.items():
+            if getattr(self, k) != dv:
+                d[k] = getattr(self, k)
+        return d
+
+    def __getstate__(self):  # an executor travels as its recipe
+        return {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_call", "_lock")}
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._pool, self._call, self._lock = [], None, threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RayExecutor({', '.join(f'{k}={v!r}' for k, v in self.spec().items() if k != 'type')})"
