@@ -78,16 +78,14 @@ def fuse(logp: Any, beta: float = 0.25, pooling: str = "min_entropy", top_p: flo
     return fused, k
 
 
-def nbce_generate(llm: Any, rows: list[list[int]], max_new_tokens: int = 64, stop: Sequence[str] | None = None,
-                  beta: float = 0.25, pooling: str = "min_entropy", top_p: float = 0.95, eta: float = 0.1) -> dict:
-    """Greedy NBCE over token rows (row 0 = no context). Returns
-    ``{"text", "ids", "finish_reason", "chosen", "prompt_tokens"}``."""
+def nbce_prefill(llm: Any, rows: list[list[int]]) -> tuple[Any, Any, Any, Any]:
+    """Encode the token rows left-padded in one batch (micro-batched by ``batch_tokens``), each
+    row with positions ``0..len-1`` and attending only to its own real tokens. Returns
+    ``(last (B, V) raw next-token logits, cache (per layer (k, v), each (B, kv_heads, L, D)),
+    real (B, L) bool: which cached keys are real tokens, next_pos (B,))``."""
     import torch
 
-    B = len(rows)
-    if B < 2:
-        raise UserError("NBCE needs the no-context row and at least one context row.")
-    L = max(len(r) for r in rows)
+    B, L = len(rows), max(len(r) for r in rows)
     dtype, pad_id = model_dtype(llm), int(getattr(llm, "_pad_id", 0) or 0)
     ids = torch.full((B, L), pad_id, dtype=torch.long)  # (B, L) left-padded
     real = torch.zeros((B, L), dtype=torch.bool)  # (B, L) which keys are real tokens
@@ -99,7 +97,7 @@ def nbce_generate(llm: Any, rows: list[list[int]], max_new_tokens: int = 64, sto
     causal = torch.ones((L, L), dtype=torch.bool).tril()  # (L, L)
     allowed = causal[None] & real[:, None, :]  # (B, L, L)
     allowed |= torch.eye(L, dtype=torch.bool)[None]  # a pad query sees itself (no empty row)
-    # prefill in micro-batches of rows (all padded to L, so their caches stack along the batch)
+    # micro-batches of rows (all padded to L, so their caches stack along the batch)
     cap = max(1, getattr(llm, "batch_tokens", 8192) // L)
     logits, parts = [], []
     for b0 in range(0, B, cap):
@@ -110,8 +108,20 @@ def nbce_generate(llm: Any, rows: list[list[int]], max_new_tokens: int = 64, sto
         parts.append(cache_layers(cache))
     last = torch.cat(logits)  # (B, V)
     layers = [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(parts[0]))]
-    cache: Any = layers  # (B, kv_heads, L, D) per layer
-    nxt_pos = torch.tensor([len(r) for r in rows])  # (B,) next position per row
+    return last, layers, real, torch.tensor([len(r) for r in rows])
+
+
+def nbce_generate(llm: Any, rows: list[list[int]], max_new_tokens: int = 64, stop: Sequence[str] | None = None,
+                  beta: float = 0.25, pooling: str = "min_entropy", top_p: float = 0.95, eta: float = 0.1) -> dict:
+    """Greedy NBCE over token rows (row 0 = no context). Returns
+    ``{"text", "ids", "finish_reason", "chosen", "prompt_tokens"}``."""
+    import torch
+
+    B = len(rows)
+    if B < 2:
+        raise UserError("NBCE needs the no-context row and at least one context row.")
+    dtype = model_dtype(llm)
+    last, cache, real, nxt_pos = nbce_prefill(llm, rows)
     eos, stops = set(llm.eos_token_ids), [s for s in (stop or []) if s]
     out, chosen, reason, text, prev = [], [], "length", None, None
     while len(out) < max_new_tokens:
