@@ -1,0 +1,410 @@
+"""MoA on the GPU, side by side with dense attention, in one run (see bench/results/moa_gpu_notes.md).
+
+    python bench/moa_gpu.py [--parts check,prefill,decode,e2e] [--small]  (writes $OUT/moa_gpu.json)
+
+Shapes are Llama-3-8B's (32 layers, 32 query heads, 8 KV heads, head dim 128, bf16); the weights
+are random (timing only). The MoA plans are synthetic but shaped like searched ones: per layer two
+rules (a near window for most KV groups, a 4x wider one for a quarter of them, rotating by layer),
+scaled so the mean density (share of the causal mask computed) is 50% or 25%. All query heads of a
+KV group share its rule, so the static cache keeps GQA.
+
+Imports only torch/transformers and ctxflow/attention/{rules,flex,cache}.py by path (the GPU
+machine has no pydantic, which ``import ctxflow`` would need).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"moa_{name}", ROOT / "ctxflow" / "attention" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+rules_m, flex_m, cache_m = _load("rules"), _load("flex"), _load("cache")
+L, H, HKV, D, HIDDEN = 32, 32, 8, 128, 4096
+SINKS = 64
+RES: dict = {}
+
+
+def synthetic_spans(density: float, n: int, layer: int, n_kv: int = HKV, wide: float = 4.0) -> list[int]:
+    """Per query head spans at length n: near span s for 3/4 of KV groups, min(n, wide*s) for 1/4."""
+    n_far = max(1, n_kv // 4)
+
+    def spans_for(s):
+        far = {(layer * n_far + i) % n_kv for i in range(n_far)}
+        per_kv = [min(n, int(wide * s)) if g in far else s for g in range(n_kv)]
+        return [per_kv[h // (H // n_kv)] for h in range(H)]
+
+    lo, hi = 1, n
+    while lo < hi:  # largest near span within the budget
+        mid = (lo + hi + 1) // 2
+        dens = sum(rules_m.band_density(s, n, SINKS) for s in spans_for(mid)) / H
+        lo, hi = (mid, hi) if dens <= density else (lo, mid - 1)
+    return spans_for(lo)
+
+
+def mean_density(spans, n):
+    return sum(rules_m.band_density(s, n, SINKS) for s in spans) / len(spans)
+
+
+def bench(fn, warm=5, rep=20):
+    if not torch.cuda.is_available():  # CPU smoke test: a few plain runs
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warm, rep=rep, return_mode="median"))  # ms
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_reset():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb():
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def ref_attention(q, k, v, spans, sinks):
+    """float64 masked attention. q (B,H,N,D), k/v (B,Hkv,N,D)."""
+    N = q.shape[2]
+    G = q.shape[1] // k.shape[1]
+    kk, vv = k.double().repeat_interleave(G, 1), v.double().repeat_interleave(G, 1)
+    i = torch.arange(N, device=q.device)[:, None]
+    j = torch.arange(N, device=q.device)[None]
+    m = (j <= i)[None] & ((j < sinks)[None] | ((i - j)[None] < spans[:, None, None]))
+    s = (q.double() @ kk.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return s.masked_fill(~m, float("-inf")).softmax(-1) @ vv
+
+
+# ---------------------------------------------------------------- correctness
+def part_check(dev, small):
+    out = {}
+    N = 512 if small else 2048
+    h, hkv, d = (4, 2, 32) if small else (H, HKV, D)
+    for dt, tol in ((torch.float32, 1e-3), (torch.bfloat16, 1e-2)):
+        torch.manual_seed(int(time.time()) % 10000)  # fresh inputs every run
+        spans = torch.randint(1, N + 1, (h,), device=dev)
+        spans[0] = N
+        q = torch.randn(2, h, N, d, device=dev, dtype=dt)
+        k = torch.randn(2, hkv, N, d, device=dev, dtype=dt)
+        v = torch.randn(2, hkv, N, d, device=dev, dtype=dt)
+        o = flex_m.sparse_prefill(q, k, v, spans, SINKS, compiled=dev == "cuda")
+        e = rel(o, ref_attention(q, k, v, spans, SINKS))
+        out[f"flex_prefill_{str(dt)[6:]}_rel_err"] = e
+        out[f"flex_prefill_{str(dt)[6:]}_ok"] = e < tol
+        # static cache decode vs reference with the cache's fixed window
+        caps = cache_m.kv_caps(spans.tolist(), hkv, SINKS, N)
+        c = cache_m.SparseLayerCache(caps, SINKS, 2, d, h, dt, dev)
+        T0 = N // 2
+        c.prefill(k[:, :, :T0], v[:, :, :T0])
+        worst = 0.0
+        win = torch.tensor([caps[x // (h // hkv)] - SINKS for x in range(h)], device=dev).clamp(min=1)
+        for t in range(T0, N, max(1, (N - T0) // 16)):
+            while c.length <= t:
+                c.append(k[:, :, c.length:c.length + 1], v[:, :, c.length:c.length + 1])
+            od = c.attend(q[:, :, t:t + 1])
+            r = ref_attention(q[:, :, :t + 1], k[:, :, :t + 1], v[:, :, :t + 1], win, SINKS)[:, :, -1:]
+            worst = max(worst, rel(od, r))
+        out[f"cache_decode_{str(dt)[6:]}_rel_err"] = worst
+        out[f"cache_decode_{str(dt)[6:]}_ok"] = worst < tol
+    print("check:", json.dumps(out))
+    return out
+
+
+# ---------------------------------------------------------------- prefill
+def dense_sdpa(q, k, v):
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    except RuntimeError:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def part_prefill(dev, small, lengths, variants):
+    rows = []
+    for N in lengths:
+        torch.manual_seed(N)
+        q = torch.randn(1, H, N, D, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, HKV, N, D, device=dev, dtype=torch.bfloat16)
+        v = torch.randn(1, HKV, N, D, device=dev, dtype=torch.bfloat16)
+        kx, vx = k.repeat_interleave(H // HKV, 1), v.repeat_interleave(H // HKV, 1)  # dense gets expanded K/V (flash path)
+        row = {"N": N, "dense_sdpa_ms": bench(lambda: dense_sdpa(q, kx, vx))}
+        row["flex_causal_ms"] = bench(lambda: flex_m.sparse_prefill(q, k, v, [N] * H, 0))
+        for dens in (0.5, 0.25):
+            spans = [max(s, 1) for s in synthetic_spans(dens, N, layer=0)]
+            t0 = time.perf_counter()
+            flex_m.cached_block_mask(tuple(spans), SINKS, N, 128, str(q.device))
+            sync()
+            row[f"blockmask_build_ms_{int(dens*100)}"] = (time.perf_counter() - t0) * 1e3
+            row[f"density_{int(dens*100)}"] = mean_density(spans, N)
+            best = None
+            for name, opts in variants.items():
+                try:
+                    ms = bench(lambda: flex_m.sparse_prefill(q, k, v, spans, SINKS, kernel_options=opts))
+                except Exception as exc:  # a variant the compiler rejects
+                    print(f"variant {name} failed: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+                row[f"moa{int(dens*100)}_{name}_ms"] = ms
+                best = ms if best is None else min(best, ms)
+            row[f"moa{int(dens*100)}_ms"] = best
+            row[f"speedup_{int(dens*100)}_vs_sdpa"] = row["dense_sdpa_ms"] / best if best else None
+        print("prefill:", json.dumps(row))
+        rows.append(row)
+        del q, k, v, kx, vx
+        peak_reset()
+    return rows
+
+
+# ---------------------------------------------------------------- decode attention step
+def part_decode(dev, small, N, B):
+    torch.manual_seed(1)
+    q = torch.randn(B, H, 1, D, device=dev, dtype=torch.bfloat16)
+    K = torch.randn(B, HKV, N, D, device=dev, dtype=torch.bfloat16)
+    V = torch.randn(B, HKV, N, D, device=dev, dtype=torch.bfloat16)
+    G = H // HKV
+    row = {"N": N, "B": B, "dense_ms": bench(lambda: F.scaled_dot_product_attention(q.reshape(B, HKV, G, D), K, V))}
+    for dens in (0.5, 0.25):
+        spans = synthetic_spans(dens, N, layer=0)
+        caps = cache_m.kv_caps(spans, HKV, SINKS, N)
+        c = cache_m.SparseLayerCache(caps, SINKS, B, D, H, torch.bfloat16, dev)
+        c.prefill(K, V)
+        row[f"kv_fraction_{int(dens*100)}"] = sum(caps) / (HKV * N)
+        row[f"moa{int(dens*100)}_ms"] = bench(lambda: c.attend(q))
+        row[f"speedup_{int(dens*100)}"] = row["dense_ms"] / row[f"moa{int(dens*100)}_ms"]
+        del c
+    print("decode:", json.dumps(row))
+    return row
+
+
+# ---------------------------------------------------------------- end-to-end decode
+def llama_config(small):
+    from transformers import LlamaConfig
+
+    if small:
+        return LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=H, num_key_value_heads=HKV,
+                           head_dim=D, vocab_size=1000, max_position_embeddings=1 << 17)
+    return LlamaConfig(hidden_size=HIDDEN, intermediate_size=14336, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=HKV,
+                       head_dim=D, vocab_size=128256, max_position_embeddings=1 << 17, rope_theta=500000.0)
+
+
+@torch.inference_mode()
+def own_decode_step(model, caches, tok, pos, logits_out=None):
+    """One decode step with the model's own modules and our caches. tok (B,), pos int -> next tok (B,)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    m = model.model
+    B = tok.shape[0]
+    h = m.embed_tokens(tok[:, None])  # (B, 1, hidden)
+    pid = torch.full((B, 1), pos, device=tok.device, dtype=torch.long)
+    cos, sin = m.rotary_emb(h, pid)
+    for layer, c in zip(m.layers, caches):
+        a = layer.self_attn
+        x = layer.input_layernorm(h)
+        q = a.q_proj(x).view(B, 1, H, D).transpose(1, 2)  # (B, H, 1, D)
+        k = a.k_proj(x).view(B, 1, HKV, D).transpose(1, 2)  # (B, Hkv, 1, D)
+        v = a.v_proj(x).view(B, 1, HKV, D).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        c.append(k, v)
+        o = c.attend(q)  # (B, H, 1, D)
+        h = h + a.o_proj(o.transpose(1, 2).reshape(B, 1, H * D))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    logits = model.lm_head(m.norm(h))[:, -1]
+    if logits_out is not None:
+        logits_out.append(logits.float())
+    return logits.argmax(-1)
+
+
+def per_seq_bytes(caps_per_layer):
+    return sum(sum(c) for c in caps_per_layer) * D * 2 * 2  # K and V, bf16
+
+
+def part_e2e(dev, small, P, steps):
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    cfg = llama_config(small)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    nl = cfg.num_hidden_layers
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    total = torch.cuda.get_device_properties(0).total_memory if dev == "cuda" else 8 << 30
+    margin = 6 << 30 if not small else 0
+    avail = total - torch.cuda.memory_allocated() - margin if dev == "cuda" else 1 << 30
+    max_len = P + steps + 8
+    res = {"prompt": P, "steps": steps, "weights_gb": weights / 2**30, "avail_gb_for_cache": avail / 2**30}
+    plans = {"dense": [[max_len] * H for _ in range(nl)]}
+    for dens in (0.5, 0.25):
+        plans[f"moa{int(dens*100)}"] = [synthetic_spans(dens, max_len, layer=i) for i in range(nl)]
+
+    # the own loop with a dense cache must compute what transformers computes
+    with torch.inference_mode():
+        Bc, Pc = 2, 256
+        ks = [torch.randn(Bc, HKV, Pc, D, device=dev, dtype=torch.bfloat16) for _ in range(2 * nl)]
+        pkv = DynamicCache(config=cfg)
+        for li in range(nl):
+            pkv.update(ks[2 * li].clone(), ks[2 * li + 1].clone(), li)
+        tok = torch.randint(0, cfg.vocab_size, (Bc,), device=dev)
+        ref = model(input_ids=tok[:, None], past_key_values=pkv, position_ids=torch.full((Bc, 1), Pc, device=dev, dtype=torch.long)).logits[:, -1].float()
+        caches = []
+        for li in range(nl):
+            c = cache_m.SparseLayerCache([Pc + 1] * HKV, SINKS, Bc, D, H, torch.bfloat16, dev)
+            c.prefill(ks[2 * li], ks[2 * li + 1])
+            caches.append(c)
+        got = []
+        own_decode_step(model, caches, tok, Pc, got)
+        res["own_loop_vs_hf_logits_rel_err"] = rel(got[0], ref)
+        print("own loop vs HF logits rel err:", res["own_loop_vs_hf_logits_rel_err"])
+        del ks, pkv, caches
+
+    def run(name, B, hf):
+        peak_reset()
+        spans = plans[name]
+        caps = [cache_m.kv_caps(s, HKV, SINKS, max_len) for s in spans]
+        tok = torch.randint(0, cfg.vocab_size, (B,), device=dev)
+        if hf:  # transformers' own decode step (what generate() runs) over a DynamicCache
+            pkv = DynamicCache(config=cfg)
+            for li in range(nl):
+                pkv.update(torch.randn(B, HKV, P, D, device=dev, dtype=torch.bfloat16),
+                           torch.randn(B, HKV, P, D, device=dev, dtype=torch.bfloat16), li)
+
+            def step(tok, pos):
+                with torch.inference_mode():
+                    out = model(input_ids=tok[:, None], past_key_values=pkv, use_cache=True,
+                                position_ids=torch.full((B, 1), pos, device=dev, dtype=torch.long), logits_to_keep=1)
+                return out.logits[:, -1].argmax(-1)
+        else:
+            caches = []
+            for li in range(nl):
+                c = cache_m.SparseLayerCache(caps[li], SINKS, B, D, H, torch.bfloat16, dev)
+                c.prefill(torch.randn(B, HKV, P, D, device=dev, dtype=torch.bfloat16),
+                          torch.randn(B, HKV, P, D, device=dev, dtype=torch.bfloat16))
+                caches.append(c)
+
+            def step(tok, pos):
+                return own_decode_step(model, caches, tok, pos)
+        pos = P
+        for _ in range(3):  # warm-up
+            tok = step(tok, pos)
+            pos += 1
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tok = step(tok, pos)
+            pos += 1
+        sync()
+        dt = time.perf_counter() - t0
+        r = {"batch": B, "tok_per_s": B * steps / dt, "step_ms": dt / steps * 1e3,
+             "peak_gb": peak_gb(),
+             "kv_fraction": sum(map(sum, caps)) / (HKV * nl * max_len)}
+        print(f"e2e {name} hf={hf}:", json.dumps(r))
+        return r
+
+    def largest(name, hf):
+        per = per_seq_bytes([cache_m.kv_caps(s, HKV, SINKS, max_len) for s in plans[name]]) * (1.1 if hf else 1.0)
+        B = max(1, int(avail // per)) if not small else 4
+        while B >= 1:
+            try:
+                return run(name, B, hf)
+            except torch.OutOfMemoryError:
+                peak_reset()
+                B = int(B * 0.8)
+                print(f"OOM, retrying {name} at batch {B}")
+        return None
+
+    res["dense_hf"] = largest("dense", True)
+    res["dense_static_own_loop"] = run("dense", res["dense_hf"]["batch"], False) if res["dense_hf"] else None
+    for name in ("moa50", "moa25"):
+        res[name] = largest(name, False)
+        if res[name] and res["dense_hf"]:
+            res[name]["speedup_vs_dense_hf"] = res[name]["tok_per_s"] / res["dense_hf"]["tok_per_s"]
+            res[name]["speedup_vs_dense_own_loop"] = res[name]["tok_per_s"] / res["dense_static_own_loop"]["tok_per_s"]
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="check,prefill,decode,e2e")
+    ap.add_argument("--small", action="store_true", help="tiny shapes (CPU smoke test)")
+    ap.add_argument("--lengths", default="8192,32768,65536")
+    ap.add_argument("--prompt", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--variants", default="default,m128n64w8s3")
+    args = ap.parse_args()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(os.environ.get("OUT", ROOT / "bench" / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    allv = {"default": None, "m128n64w8s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+            "m64n64w4s3": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
+    variants = {k: allv[k] for k in args.variants.split(",")}
+    RES["device"] = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
+    RES["torch"] = torch.__version__
+    RES["shape"] = {"layers": L, "heads": H, "kv_heads": HKV, "head_dim": D, "dtype": "bfloat16", "sinks": SINKS}
+    parts = args.parts.split(",")
+
+    def save():
+        (out / "moa_gpu.json").write_text(json.dumps(RES, indent=1))
+
+    t0 = time.time()
+    if "check" in parts:
+        RES["check"] = part_check(dev, args.small)
+        save()
+    if "prefill" in parts:
+        RES["prefill"] = part_prefill(dev, args.small, [int(x) for x in args.lengths.split(",")], variants)
+        save()
+    if "decode" in parts:
+        RES["decode_attention"] = [part_decode(dev, args.small, n, b) for n, b in (((1024, 2),) if args.small else ((32768, 8), (8192, 32)))]
+        save()
+    if "e2e" in parts:
+        RES["e2e"] = part_e2e(dev, args.small, args.prompt, args.steps)
+        save()
+    RES["seconds"] = time.time() - t0
+    save()
+    print("\n=== summary ===")
+    for r in RES.get("prefill", []):
+        print(f"prefill N={r['N']:>6}: sdpa {r['dense_sdpa_ms']:.2f} ms | flex causal {r['flex_causal_ms']:.2f} | "
+              f"moa50 {r['moa50_ms']:.2f} ({r['speedup_50_vs_sdpa']:.2f}x) | moa25 {r['moa25_ms']:.2f} ({r['speedup_25_vs_sdpa']:.2f}x)")
+    for r in RES.get("decode_attention", []):
+        print(f"decode attn N={r['N']} B={r['B']}: dense {r['dense_ms']:.3f} ms | moa50 {r['moa50_ms']:.3f} ({r['speedup_50']:.2f}x) | moa25 {r['moa25_ms']:.3f} ({r['speedup_25']:.2f}x)")
+    e = RES.get("e2e")
+    if e:
+        for k in ("dense_hf", "dense_static_own_loop", "moa50", "moa25"):
+            if e.get(k):
+                print(f"e2e {k}: batch {e[k]['batch']} {e[k]['tok_per_s']:.0f} tok/s peak {e[k]['peak_gb']:.1f} GB "
+                      f"x{e[k].get('speedup_vs_dense_hf', 1):.2f} vs HF")
+
+
+if __name__ == "__main__":
+    main()

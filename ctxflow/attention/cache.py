@@ -1,0 +1,89 @@
+"""Per-head static KV cache for elastic windows: fixed sinks + a ring buffer, allocated once.
+
+Each KV head ``g`` keeps ``cap_g = min(sinks + window_g, max_len)`` slots, where ``window_g`` is
+the largest span among the query heads that share it (grouped-query attention is kept) at the
+final length ``max_len = prompt + new tokens``. Token ``t`` goes to slot ``t`` while ``t < sinks``
+and to ``sinks + (t - sinks) % (cap - sinks)`` afterwards, so memory never grows. Keys are stored
+after RoPE, so the order of slots does not matter to attention.
+
+KV heads with the same capacity share one buffer ``(B, n_g, cap, D)`` (a MoA plan has at most two
+distinct rules per layer, so a layer has one or two buffers). Decode attention packs the ``G``
+query heads of each KV head as ``G`` query rows (``(B, n_g, G, D)``) and runs one SDPA per buffer.
+
+All rows of a batch hold the same number of tokens (the left-padded CPU path is
+:mod:`ctxflow.attention.kernels`). Imports only torch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class SparseLayerCache:
+    """The static cache of one layer. ``caps`` (H_kv,) slots per KV head."""
+
+    def __init__(self, caps, sinks: int, batch: int, head_dim: int, n_q_heads: int, dtype, device):
+        caps = [int(c) for c in caps]
+        self.n_kv = len(caps)
+        self.group = n_q_heads // self.n_kv
+        self.sinks = int(sinks)
+        self.length = 0  # tokens seen
+        self.groups = []  # (kv head index tensor, q head index tensor, cap, K buf, V buf)
+        for cap in sorted(set(caps)):
+            kv = torch.tensor([g for g, c in enumerate(caps) if c == cap], dtype=torch.long, device=device)
+            qh = (kv[:, None] * self.group + torch.arange(self.group, device=device)[None]).reshape(-1)
+            shape = (batch, len(kv), cap, head_dim)
+            self.groups.append((kv, qh, cap, torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device)))
+        self.single = len(self.groups) == 1
+
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for _, _, _, k, _ in self.groups)
+
+    def _slots(self, t0: int, t1: int, cap: int) -> torch.Tensor:
+        t = torch.arange(t0, t1)
+        ring = cap - self.sinks
+        return torch.where(t < self.sinks, t, self.sinks + (t - self.sinks) % max(ring, 1)) if ring > 0 else t.clamp(max=cap - 1)
+
+    def prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store a prompt's keys/values (B, H_kv, T, D), keeping per head the sinks and the last
+        ``cap - sinks`` tokens."""
+        T = k.shape[2]
+        for kv, _, cap, K, V in self.groups:
+            kg, vg = (k, v) if self.single else (k[:, kv], v[:, kv])
+            if T <= cap:
+                K[:, :, :T], V[:, :, :T] = kg, vg
+            else:
+                keep = torch.cat([torch.arange(self.sinks), torch.arange(T - (cap - self.sinks), T)]).to(k.device)
+                slots = self._slots(0, T, cap)[keep.cpu()].to(k.device)
+                K[:, :, slots], V[:, :, slots] = kg[:, :, keep], vg[:, :, keep]
+        self.length = T
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add one token's keys/values (B, H_kv, 1, D)."""
+        t = self.length
+        for kv, _, cap, K, V in self.groups:
+            s = t if t < cap else int(self._slots(t, t + 1, cap)[0])
+            if self.single:
+                K[:, :, s], V[:, :, s] = k[:, :, 0], v[:, :, 0]
+            else:
+                K[:, :, s], V[:, :, s] = k[:, kv, 0], v[:, kv, 0]
+        self.length = t + 1
+
+    def attend(self, q: torch.Tensor, scale=None) -> torch.Tensor:
+        """Decode attention of one new token: q (B, H, 1, D) -> (B, H, 1, D)."""
+        B, H, _, D = q.shape
+        out = q.new_empty(B, H, 1, D) if not self.single else None
+        for kv, qh, cap, K, V in self.groups:
+            n = min(self.length, cap)
+            qg = (q if self.single else q[:, qh]).reshape(B, len(kv), self.group, D)  # G query rows per KV head
+            o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)  # (B, n_g, G, D)
+            if self.single:
+                return o.reshape(B, H, 1, D)
+            out[:, qh] = o.reshape(B, len(qh), 1, D)
+        return out
+
+
+def kv_caps(spans_q: list[int], n_kv: int, sinks: int, max_len: int) -> list[int]:
+    """Slots per KV head from the query heads' spans at ``max_len`` (the largest span in each group)."""
+    g = len(spans_q) // n_kv
+    return [min(max_len, sinks + max(spans_q[i * g:(i + 1) * g])) for i in range(n_kv)]

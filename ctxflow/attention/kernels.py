@@ -1,0 +1,124 @@
+"""CPU attention backend for elastic per-head windows, registered with transformers.
+
+``register()`` adds the implementation ``"ctxflow_sparse"`` to transformers' ``AttentionInterface``
+and a mask function of the same name to ``AttentionMaskInterface`` (without the latter transformers
+would find no mask function for the name and causal masking would be silently lost). The mask
+function is transformers' own SDPA mask with the "is causal, skip the mask" shortcut turned off, so
+the attention function always receives the full ``(B, 1, Q, K)`` boolean mask (causal + padding).
+
+:func:`sparse_sdpa` ANDs that mask with each head's window: key ``j`` is visible to query ``i`` when
+``i - j < S_h(N)`` or ``j`` is one of the first ``sinks`` real tokens of its row. ``N`` is the
+row's real length (cached + new keys, left padding excluded), distances are counted in cache
+slots (equal to token distances under left padding). Grouped-query attention is kept: the
+``(B, H_kv, K, D)`` keys are never expanded (``enable_gqa``). A module without rules (or with all
+heads at full window) runs plain masked SDPA.
+
+:func:`apply_plan` attaches a plan's rules to every attention module of a model and switches
+``config._attn_implementation``; :func:`remove_plan` undoes it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .rules import Plan
+
+NAME = "ctxflow_sparse"
+_REGISTERED = False
+
+
+class LayerRules:
+    """The rules of one layer as tensors: ``alpha``, ``beta`` (H,) float64 and ``sinks``."""
+
+    def __init__(self, alphas, betas, sinks: int):
+        self.alpha = torch.as_tensor(alphas, dtype=torch.float64)  # (H,)
+        self.beta = torch.as_tensor(betas, dtype=torch.float64)  # (H,)
+        self.sinks = int(sinks)
+        self.full = bool(((self.alpha == 0) & (self.beta >= 1)).all())
+
+    def spans(self, n: torch.Tensor) -> torch.Tensor:
+        """(B, H) long spans for real lengths ``n`` (B,)."""
+        n = n.to(torch.float64)[:, None]  # (B, 1)
+        s = torch.floor(self.alpha[None, :] + self.beta[None, :] * n)  # (B, H)
+        return torch.minimum(s.clamp(min=1), n).long()
+
+
+def head_window_mask(rules: LayerRules, base: torch.Tensor, q_len: int) -> torch.Tensor:
+    """(B, H, Q, K) bool: ``base`` (B, 1, Q, K) AND each head's window (queries = the last Q keys)."""
+    B, _, Q, K = base.shape
+    dev = base.device
+    real = base[:, 0, -1, :]  # (B, K): the last query is a real token under left padding
+    pad = torch.where(real.any(-1), real.int().argmax(-1), torch.zeros(B, dtype=torch.long, device=dev))  # (B,)
+    n = (K - pad).clamp(min=1)  # (B,) real keys per row
+    span = rules.spans(n.cpu()).to(dev)  # (B, H)
+    qi = torch.arange(K - q_len, K, device=dev)  # (Q,)
+    kj = torch.arange(K, device=dev)  # (K,)
+    dist = qi[:, None] - kj[None, :]  # (Q, K)
+    band = dist[None, None] < span[:, :, None, None]  # (B, H, Q, K)
+    sink = (kj[None, :] - pad[:, None]) < rules.sinks  # (B, K)
+    return base & (band | sink[:, None, None, :])
+
+
+def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers attention function. query (B, H, Q, D), key/value (B, H_kv, K, D),
+    attention_mask (B, 1, Q, K) bool (True = attend) or None (plain causal).
+    Returns (B, Q, H, D) and no attention weights."""
+    B, H, Q, D = query.shape
+    K = key.shape[2]
+    if attention_mask is None:
+        base = torch.ones(Q, K, dtype=torch.bool, device=query.device).tril(K - Q)[None, None]  # (1, 1, Q, K)
+        base = base.expand(B, 1, Q, K)
+    elif attention_mask.dtype == torch.bool:
+        base = attention_mask[:, :, :, :K]
+    else:  # additive float mask (0 = attend)
+        base = attention_mask[:, :, :, :K] == 0
+    rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)
+    mask = base if rules is None or rules.full else head_window_mask(rules, base, Q)
+    mask = mask | ~mask.any(-1, keepdim=True)  # rows with nothing visible (pad queries): finite garbage, never read
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                         enable_gqa=key.shape[1] != H)  # (B, H, Q, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _sparse_mask(*args, **kwargs):
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> str:
+    """Register the backend and its mask function with transformers (idempotent). Returns its name."""
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+
+        AttentionInterface.register(NAME, sparse_sdpa)
+        AttentionMaskInterface.register(NAME, _sparse_mask)
+        _REGISTERED = True
+    return NAME
+
+
+def attention_modules(model) -> list:
+    """The self-attention modules of a transformers decoder, in layer order."""
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "o_proj") and hasattr(m, "q_proj")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def apply_plan(model, plan: Plan) -> None:
+    """Attach ``plan``'s rules to every attention layer and switch the model to the sparse backend."""
+    cfg = model.config
+    plan.check_model(cfg.num_hidden_layers, cfg.num_attention_heads)
+    register()
+    for m in attention_modules(model):
+        rules = plan.rules[m.layer_idx]
+        m._ctxflow_rules = LayerRules([r.alpha for r in rules], [r.beta for r in rules], plan.sinks)
+    model.set_attn_implementation(NAME)
+
+
+def remove_plan(model, implementation: str = "sdpa") -> None:
+    for m in attention_modules(model):
+        if hasattr(m, "_ctxflow_rules"):
+            del m._ctxflow_rules
+    model.set_attn_implementation(implementation)
