@@ -12,6 +12,8 @@ writer lock: readers see the old store until it is complete.
 from __future__ import annotations
 
 import argparse
+import bisect
+import json
 import os
 import sys
 from pathlib import Path
@@ -112,8 +114,10 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
             if doc.meta.get("replaced_bytes"):
                 replaced.append(f"{f} ({doc.meta['replaced_bytes']} byte(s))")
             chunks = _chunk(doc.text, doc.id, chunker, size)
+            nl = [i for i, ch in enumerate(doc.text) if ch == "\n"]
             for c in chunks:
                 c.meta.setdefault("path", str(f))
+                c.meta.setdefault("line", bisect.bisect_left(nl, c.start) + 1)  # 1-based line of the chunk's start
             if by_doc.get(doc.id):
                 b.remove(by_doc.pop(doc.id))
             b.add(chunks)
@@ -140,6 +144,83 @@ def search_store(store: str, question: str, k: int = 5, embedder: Any = None, ll
     if not question.strip():
         raise UserError("the question is empty: ask something.")
     return open_store(store, embedder=embedder, llm=llm).search(question, k)
+
+
+def _verify(citations: list[Any], err: Any) -> None:
+    """Give each citation its 1-based ``line`` and check that it quotes its source file exactly
+    (``meta.verified``); a file changed or gone since indexing is reported on ``err``."""
+    from ..io import document_from_bytes
+
+    texts: dict[str, str | None] = {}
+    for c in citations:
+        path = c.meta.get("path")
+        if path and path not in texts:
+            try:
+                texts[path] = document_from_bytes(Path(path).read_bytes(), path).text
+            except Exception:
+                texts[path] = None
+        text = texts.get(path) if path else None
+        if text is None:
+            c.meta["verified"] = False
+            if path:
+                print(f"warning: {path} (cited) can no longer be read; the quote comes from the store.", file=err)
+            continue
+        c.meta["line"] = text.count("\n", 0, c.start) + 1
+        c.meta["verified"] = text[c.start:c.end] == c.text
+        if not c.meta["verified"]:
+            print(f"warning: {path} changed since it was indexed: [{c.start}:{c.end}] no longer quotes the cited text; "
+                  f"re-run `ctxflow index` on it.", file=err)
+
+
+def ask_store(args: argparse.Namespace, llm: Any = None, embedder: Any = None, k: int = 5, stream: Any = None) -> int:
+    """``ctxflow ask --store DIR QUESTION [--json] [--stream]``: retrieve from the store, answer with the
+    local LLM (``aggregate.stuff`` over the hits), cite exact spans of the indexed files."""
+    from ..aggregate.stuff import Stuff
+    from ..events import EventBus, use_bus
+    from ..run.stream import TokenPrinter
+    from ..types import Answer
+    from .store import open_store
+
+    out, err = stream or sys.stdout, sys.stderr
+    question = args.positional[0].strip()
+    if getattr(args, "pipeline", None):
+        raise UserError("--pipeline cannot be combined with --store: a store is answered by retrieval + one LLM call; "
+                        "to use a pipeline, give it a memory bank with `store: DIR` and run `ctxflow run`.")
+    bank = open_store(args.store, embedder=embedder)
+    hits = bank.search(question, k)
+    printer = TokenPrinter(out) if getattr(args, "stream", False) and not args.json else None
+    if hits:
+        if llm is None:
+            from ..llm.local import LocalLM
+
+            llm = LocalLM()
+        with use_bus(EventBus([printer] if printer else [])):
+            ans = Stuff(llm=llm).run(chunks=hits, question=question)["answer"]
+    else:
+        ans = Answer(text="The store holds nothing relevant to this question.", trace={"strategy": "stuff", "chunks_used": 0})
+    _verify(ans.citations, err)
+    retrieved = [{"doc_id": h.item.doc_id, "path": h.item.meta.get("path"), "start": h.item.start, "end": h.item.end,
+                  "score": h.score, **{key: h.meta[key] for key in ("facts", "entities") if key in h.meta}} for h in hits]
+    if args.json:
+        res = {"answer": ans.text, "citations": [
+            {"start": c.start, "end": c.end, "text": c.text, "doc_id": c.doc_id, "score": c.score, **c.meta} for c in ans.citations],
+            "score": ans.score, "store": args.store, "bank": getattr(bank, "bank_type", None), "question": question,
+            "retrieved": retrieved, "trace": ans.trace}
+        print(json.dumps(res, ensure_ascii=False), file=out)
+        return 0
+    from ..cli import print_answer
+
+    if printer is not None and printer.printed:
+        print(file=out)
+        print_answer(ans, stream=out, text=False)
+    else:
+        print_answer(ans, stream=out)
+    facts = [f for r in retrieved for f in r.get("facts", [])]
+    if facts:
+        print("\nFacts:", file=out)
+        for f in dict.fromkeys(facts):
+            print(f"  {f}", file=out)
+    return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:

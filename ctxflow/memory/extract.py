@@ -129,18 +129,39 @@ def extract_llm(llm: Any, texts: Sequence[str], batch_size: int = 8, max_new_tok
 
 
 # -- rules ----------------------------------------------------------------------------------------
-_SENT = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
+# a sentence ends at . ! ? before a capital or digit, but not after an initial ("Robert A. Heinlein")
+_SENT = re.compile(r"(?<=[.!?])(?<!\b[A-Z]\.)\s+(?=[\"'(\[]?[A-Z0-9])")
+_PARA = re.compile(r"\n[ \t]*\n")
+_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s")
 _KV = re.compile(r"^\s*([A-Za-z][\w .'/-]{0,48}?)\s*[:=]\s+(\S.{0,200}?)\s*\.?$")
 _COPULA = re.compile(r"^(?:.*,\s*)?(?P<s>[\w'\- ]{1,60}?)\s+(?P<v>is|are|was|were|has|have|had)\s+(?:(?P<a>a|an|the)\s+)?(?P<o>[^,;:()]{1,80})",
                      re.IGNORECASE)
 _OF = re.compile(r"\b([a-z][a-z-]{2,})\s+of\s+(?:the\s+)?([A-Z][\w'-]*(?:\s+[A-Z][\w'-]*){0,2})")
-_ENT = re.compile(r"\b[A-Z][\w'-]*(?:\s+(?:of\s+|de\s+|von\s+)?[A-Z][\w'-]*)*")
+_NAME = r"[A-Z](?:\.(?=\s+[A-Z])|[\w'-]*)"  # a capitalised word, or an initial followed by a name
+_ENT = re.compile(rf"\b{_NAME}(?:\s+(?:of\s+|de\s+|von\s+)?{_NAME})*")
 _CAPS_STOP = frozenset("the a an in on at of for and but or if when while this that these those it he she they we i "
-                       "there here after before then so as by with from to his her their its our my your".split())
+                       "there here after before then so as by with from to his her their its our my your "
+                       "what who whom whose which where why how is are was were do does did can could would should "
+                       "will may might not no yes see also".split())
 
 
 def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENT.split(text) if s and s.strip()]
+    """Sentences of ``text`` with whitespace collapsed. Hard-wrapped lines are joined: a line break
+    ends a sentence only at a blank line, before a list item, or after a short line (a heading)."""
+    out = []
+    for para in _PARA.split(text):
+        block: list[str] = []
+        lines = para.split("\n")
+        for i, line in enumerate(lines):
+            if block and _ITEM.match(line):
+                out.append(" ".join(block))
+                block = []
+            block.append(line.strip())
+            if len(line.strip()) < 40 and i + 1 < len(lines):
+                out.append(" ".join(block))
+                block = []
+        out.append(" ".join(block))
+    return [" ".join(s.split()) for b in out for s in _SENT.split(b) if s.strip()]
 
 
 def _entities(sent: str) -> list[tuple[int, int, str]]:
