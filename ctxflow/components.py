@@ -7,9 +7,11 @@ for _mod in (
     "ctxflow.llm.local",
     "ctxflow.llm.embed",
     "ctxflow.llm.fake",
+    "ctxflow.llm.http",
     "ctxflow.chunking",
     "ctxflow.memory",
     "ctxflow.select",
     "ctxflow.aggregate",
+    "ctxflow.summarize",
 ):
     importlib.import_module(_mod)
