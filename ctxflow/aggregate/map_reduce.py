@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from ..events import progress
+from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
 from ..types import Answer, Chunk
 from .base import ChunkList, best_span, budget_for, check_question, support, unwrap
@@ -44,6 +44,25 @@ COMBINE_PROMPT = (
     "Notes:\n{context}\n\n"
     "Question: {question}"
 )
+SUMMARY_MAP_PROMPT = (
+    "Summarize the passage below in a few sentences, keeping names, numbers and key terms.\n\n"
+    "Passage:\n{context}\n\n"
+    "Focus: {question}"
+)
+SUMMARY_COLLAPSE_PROMPT = (
+    "Combine these partial summaries of consecutive parts of one document into one shorter summary "
+    "that keeps the main points in order.\n\n"
+    "Summaries:\n{context}\n\n"
+    "Focus: {question}"
+)
+SUMMARY_COMBINE_PROMPT = (
+    "Write the final summary of the document from these partial summaries of its parts, in order.\n\n"
+    "Summaries:\n{context}\n\n"
+    "Focus: {question}"
+)
+SUMMARY_QUESTION = "the main topics and points of the document"
+PROMPTS = {"qa": (MAP_PROMPT, COLLAPSE_PROMPT, COMBINE_PROMPT),
+           "summary": (SUMMARY_MAP_PROMPT, SUMMARY_COLLAPSE_PROMPT, SUMMARY_COMBINE_PROMPT)}
 SEP = "\n\n"
 _NOTHING = re.compile(
     r"^\W*(none|n/?a|nothing|no relevant|no information|not (mentioned|relevant|provided|stated|specified)|"
@@ -95,11 +114,23 @@ class MapReduce(Component):
 
     ``map_tokens`` / ``collapse_tokens`` / ``max_new_tokens``: answer lengths of the three
     steps. ``max_depth``: most collapse levels before :class:`CollapseError`. ``reserve``:
-    share of the context kept free (a margin for tokenizer differences)."""
+    share of the context kept free (a margin for tokenizer differences).
+
+    ``mode``: "qa" (default: notes that help answer ``question``; passages that do not help are
+    dropped) or "summary" (every passage is summarized and nothing is dropped; ``question`` is
+    optional and only steers the focus). Prompts left unset come from the mode. ``map_batch``:
+    map in slices of that many chunks with a progress event after each (None: one batch)."""
 
     def __init__(self, llm: LLMRef = "llm", max_new_tokens: int = 96, map_tokens: int = 96, collapse_tokens: int = 128,
-                 max_depth: int = 4, map_prompt: str = MAP_PROMPT, collapse_prompt: str = COLLAPSE_PROMPT,
-                 combine_prompt: str = COMBINE_PROMPT, reserve: float = 0.0, max_chunks: int | None = None):
+                 max_depth: int = 4, map_prompt: str | None = None, collapse_prompt: str | None = None,
+                 combine_prompt: str | None = None, reserve: float = 0.0, max_chunks: int | None = None,
+                 mode: str = "qa", map_batch: int | None = None):
+        if mode not in PROMPTS:
+            raise UserError(f"mode must be one of {', '.join(PROMPTS)}, got {mode!r}.")
+        defaults = PROMPTS[mode]
+        map_prompt = map_prompt if map_prompt is not None else defaults[0]
+        collapse_prompt = collapse_prompt if collapse_prompt is not None else defaults[1]
+        combine_prompt = combine_prompt if combine_prompt is not None else defaults[2]
         for name, p in (("map_prompt", map_prompt), ("collapse_prompt", collapse_prompt), ("combine_prompt", combine_prompt)):
             if "{context}" not in p or "{question}" not in p:
                 raise UserError(f"{name} must contain {{context}} and {{question}}.")
@@ -108,7 +139,9 @@ class MapReduce(Component):
         if min(max_new_tokens, map_tokens, collapse_tokens) < 1:
             raise UserError("max_new_tokens, map_tokens and collapse_tokens must be >= 1.")
         self.llm, self.max_new_tokens, self.map_tokens, self.collapse_tokens = llm, max_new_tokens, map_tokens, collapse_tokens
-        self.max_depth, self.reserve, self.max_chunks = max_depth, reserve, max_chunks
+        if map_batch is not None and map_batch < 1:
+            raise UserError(f"map_batch must be >= 1 (or null for one batch), got {map_batch}.")
+        self.max_depth, self.reserve, self.max_chunks, self.mode, self.map_batch = max_depth, reserve, max_chunks, mode, map_batch
         self.map_prompt, self.collapse_prompt, self.combine_prompt = map_prompt, collapse_prompt, combine_prompt
 
     # -- helpers -------------------------------------------------------------------------
@@ -133,7 +166,12 @@ class MapReduce(Component):
         return [g.text.strip() for g in gens]
 
     # -- run -----------------------------------------------------------------------------
-    def run(self, chunks: ChunkList, question: str) -> dict:
+    def _empty(self, text: str) -> bool:
+        return not text.strip() if self.mode == "summary" else says_nothing(text)
+
+    def run(self, chunks: ChunkList, question: str = "") -> dict:
+        if self.mode == "summary" and not (question or "").strip():
+            question = SUMMARY_QUESTION
         question = check_question(question)
         llm = self.llm
         items = unwrap(chunks)[: self.max_chunks or None]
@@ -142,12 +180,17 @@ class MapReduce(Component):
         stats = {"calls": 0, "batches": 0, "prompt_tokens": 0, "completion_tokens": 0}
         total_levels = self.max_depth + 2
 
-        # 1. map: one batch over all chunks
+        # 1. map: one batch over all chunks (or slices of ``map_batch``, each reported)
         progress(0, total_levels, "map")
         map_budget = self._budget(self.map_prompt, question, self.map_tokens)
         prompts = [self.map_prompt.format(context=self._fit(c.text, map_budget), question=question) for c in chunk_list]
-        outs = self._generate(prompts, self.map_tokens, stats) if prompts else []
-        notes = [Note(t, {i}) for i, t in enumerate(outs) if not says_nothing(t)]
+        step = self.map_batch or max(1, len(prompts))
+        outs = []
+        for a in range(0, len(prompts), step):
+            outs += self._generate(prompts[a:a + step], self.map_tokens, stats)
+            if self.map_batch:
+                emit("progress", done=0, total=total_levels, desc=f"map {min(a + step, len(prompts))}/{len(prompts)} chunks")
+        notes = [Note(t, {i}) for i, t in enumerate(outs) if not self._empty(t)]
         mapped = len(notes)
 
         # 2. collapse while the notes do not fit the final prompt
@@ -176,7 +219,7 @@ class MapReduce(Component):
             texts = [self._fit(SEP.join(notes[i].text for i in g), coll_budget) for g in groups]
             outs = self._generate([self.collapse_prompt.format(context=t, question=question) for t in texts],
                                   self.collapse_tokens, stats)
-            new = [Note(o, set().union(*(notes[i].sources for i in g))) for g, o in zip(groups, outs) if not says_nothing(o)]
+            new = [Note(o, set().union(*(notes[i].sources for i in g))) for g, o in zip(groups, outs) if not self._empty(o)]
             new_total = size(new)
             history.append({"level": level, "groups": len(groups), "notes": len(new), "tokens": new_total})
             if new_total >= total and len(new) >= len(notes):
@@ -197,7 +240,7 @@ class MapReduce(Component):
         used = sorted(set().union(*(n.sources for n in notes))) if notes else []
         ranked = sorted(used, key=lambda i: -support(chunk_list[i], text))
         citations = [best_span(chunk_list[i], text, question).model_copy(update={"score": scores[i]}) for i in ranked]
-        trace = {"strategy": "map_reduce", "levels": level, "history": history, "chunks_given": len(chunk_list),
+        trace = {"strategy": "map_reduce", "mode": self.mode, "levels": level, "history": history, "chunks_given": len(chunk_list),
                  "chunks_relevant": mapped, "budgets": {"map": map_budget, "collapse": coll_budget, "combine": final_budget},
                  **stats, "tokens": stats["prompt_tokens"] + stats["completion_tokens"]}
         return {"answer": Answer(text=text, citations=citations, trace=trace)}
