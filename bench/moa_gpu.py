@@ -361,13 +361,20 @@ def main():
     ap.add_argument("--lengths", default="8192,32768,65536")
     ap.add_argument("--prompt", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--variants", default="default,m128n64w8s3")
+    ap.add_argument("--variants", default="default,tma,m128n128w8s2")
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    import torch._dynamo as dynamo
+
+    dynamo.config.cache_size_limit = 256  # one compile per (length, kernel options)
+    if hasattr(dynamo.config, "recompile_limit"):
+        dynamo.config.recompile_limit = 256
     out = Path(os.environ.get("OUT", ROOT / "bench" / "results"))
     out.mkdir(parents=True, exist_ok=True)
     allv = {"default": None, "m128n64w8s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
-            "m64n64w4s3": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}}
+            "m64n64w4s3": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+            "tma": {"USE_TMA": True},
+            "m128n128w8s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}}
     variants = {k: allv[k] for k in args.variants.split(",")}
     RES["device"] = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
     RES["torch"] = torch.__version__
