@@ -107,9 +107,9 @@ def default_pipeline(name: str = "book_qa.yaml") -> Path:
     raise UserError(f"default pipeline {name!r} not found; pass --pipeline FILE.")
 
 
-def print_answer(ans: Any, stream=sys.stdout) -> None:
-    text = getattr(ans, "text", ans)
-    print(text, file=stream)
+def print_answer(ans: Any, stream=sys.stdout, text: bool = True) -> None:
+    if text:
+        print(getattr(ans, "text", ans), file=stream)
     cits = getattr(ans, "citations", None) or []
     if cits:
         print("\nCitations:", file=stream)
@@ -139,16 +139,25 @@ def cmd_draw(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_pipeline(p: Any, inputs: dict[str, Any], quiet: bool) -> Any:
+def _apply_executor(p: Any, args: argparse.Namespace) -> None:
+    """``--executor`` replaces the pipeline file's ``executor:`` (the components stay as they are)."""
+    if getattr(args, "executor", None):
+        from .run import parse_executor_arg
+
+        p.executor = parse_executor_arg(args.executor)
+
+
+def _run_pipeline(p: Any, inputs: dict[str, Any], quiet: bool, extra: Sequence[Any] = ()) -> Any:
     bars = ProgressBars(enabled=not quiet)
     try:
-        return p.run(inputs, subscribers=[bars])
+        return p.run(inputs, subscribers=[bars, *extra])
     finally:
         bars.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     p = _load(args.pipeline)
+    _apply_executor(p, args)
     inputs = _parse_inputs(args.input)
     res = _run_pipeline(p, inputs, args.quiet)
     if args.trace:
@@ -189,13 +198,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if doc.meta.get("replaced_bytes"):
         print(f"warning: {args.doc}: {doc.meta['replaced_bytes']} invalid UTF-8 byte(s) replaced by U+FFFD", file=sys.stderr)
     p = _load(args.pipeline or str(default_pipeline()))
+    _apply_executor(p, args)
     inputs: dict[str, Any] = {"document": doc.text, "question": args.question}
     if "doc_id" in p.inputs:
         inputs["doc_id"] = doc.id
     missing = [k for k in ("document", "question") if k not in p.inputs]
     if missing:
         raise UserError(f"pipeline {p.source} has no input(s) {missing}; 'ask' needs inputs 'document' and 'question'.")
-    res = _run_pipeline(p, inputs, args.quiet)
+    from .run.stream import TokenPrinter
+
+    printer = TokenPrinter() if args.stream and not args.json else None
+    res = _run_pipeline(p, inputs, args.quiet, [printer] if printer else [])
     ans = res.outputs.get("answer") or next(iter(res.outputs.values()))
     if args.json:
         d = jsonable(ans) if hasattr(ans, "model_dump") else {"answer": jsonable(ans)}
@@ -204,6 +217,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
             for c in d.get("citations", [])], "score": d.get("score"), "document": args.doc, "question": args.question,
             "trace": jsonable(res.trace)}
         print(json.dumps(out, ensure_ascii=False))
+    elif printer is not None and printer.printed:  # the text is out already: end its line, then the citations
+        print()
+        print_answer(ans, text=False)
     else:
         print_answer(ans)
     return 0
@@ -226,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.add_argument("--trace", metavar="FILE", help="write the run trace (timings, LLM calls) as JSON")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    r.add_argument("--executor", metavar="TYPE[:K=V,...]", help="run map steps on: local, or ray[:actors=N,address=local|auto|ray://...]")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check a pipeline file without loading any model")
@@ -245,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
     a.add_argument("--json", action="store_true")
     a.add_argument("--quiet", "-q", action="store_true")
+    a.add_argument("--executor", metavar="TYPE[:K=V,...]", help="run map steps on: local, or ray[:actors=N,address=local|auto|ray://...]")
     a.set_defaults(fn=cmd_ask)
 
     b = sub.add_parser("bench", help="benchmarks (lines retrieval)")

@@ -38,7 +38,9 @@ class Stuff(Component):
         if self.order == "document":
             used = sorted(used, key=lambda c: (c.doc_id, c.start))
         context = "\n\n".join(c.text for c in used)
-        gen = llm.generate([self.prompt.format(context=context, question=question)], max_new_tokens=self.max_new_tokens)[0]  # type: ignore[union-attr]
+        from ..run.stream import answer_generate  # streams `token` events when a subscriber wants them
+
+        gen = answer_generate(llm, self.prompt.format(context=context, question=question), max_new_tokens=self.max_new_tokens)
         text = gen.text.strip()
         ranked = sorted(used, key=lambda c: -support(c, text))
         citations = [best_span(c, text, question).model_copy(update={"score": scores.get(c.id)}) for c in ranked]

@@ -77,6 +77,8 @@ class LocalLM(LLM):
         batch_tokens: int = 8192,
         cache: bool = True,
         threads: int | None = None,
+        attention: dict | str | None = None,
+        rope_scaling: dict | str | None = None,
     ):
         if max_context is not None and max_context < 1:
             raise ValueError(f"max_context must be a positive number of tokens, got {max_context}")
@@ -85,6 +87,11 @@ class LocalLM(LLM):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
         torch_dtype(dtype)  # validates the name
+        from ..attention.backend import normalize_attention
+        from ..attention.rope import normalize_rope
+
+        self.attention = normalize_attention(attention)  # None = dense; see ctxflow.attention.backend
+        self.rope_scaling = normalize_rope(rope_scaling)  # None = as trained; see ctxflow.attention.rope
         self.model_name = model
         self.max_context = max_context
         self.dtype = dtype
@@ -106,8 +113,14 @@ class LocalLM(LLM):
     @property
     def model_id(self) -> str:  # type: ignore[override]
         """Stable id of the weights (``smollm2-135m-instruct-q4_1`` for the default; folder/file
-        name + a hash of the files' sizes and times otherwise). Resolves, never loads."""
-        return self._resolve().model_id
+        name + a hash of the files' sizes and times otherwise), plus the attention backend and RoPE
+        scaling when they are not the defaults. Resolves, never loads."""
+        base = self._resolve().model_id
+        if self.attention is None and self.rope_scaling is None:
+            return base
+        from ..attention.backend import variant_id
+
+        return base + variant_id(self.attention, self.rope_scaling)
 
     def warm_up(self) -> None:
         if self._model is not None:
@@ -120,9 +133,15 @@ class LocalLM(LLM):
             torch.set_num_threads(self.threads or _cpu_count())
             src = self._resolve()
             key = (str(src.folder or src.gguf), self.dtype, self.device)
+            if self.attention is not None or self.rope_scaling is not None:  # its own copy of the weights
+                key = key + (repr(self.attention), repr(self.rope_scaling))
             with _LOAD_LOCK:
                 if key not in _LOADED:
                     _LOADED[key] = load_causal_lm(src, self.dtype, self.device)
+                    if len(key) > 3:
+                        from ..attention.backend import configure_model
+
+                        configure_model(_LOADED[key][0], self.attention, self.rope_scaling, src.model_id)
                 model, tok = _LOADED[key]
             self._tok = tok
             eos: set[int] = set()
@@ -138,6 +157,8 @@ class LocalLM(LLM):
             self._real_context = int(
                 getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048
             )
+            if getattr(model, "_ctxflow_context", None):  # RoPE scaling extends the usable window
+                self._real_context = int(model._ctxflow_context)
             self._model = model
 
     def __getstate__(self):  # pickling sends the recipe, not the weights
@@ -183,6 +204,10 @@ class LocalLM(LLM):
             v = getattr(self, k)
             if v != dv:
                 d[k] = v
+        if self.attention is not None:
+            d["attention"] = dict(self.attention)
+        if self.rope_scaling is not None:
+            d["rope_scaling"] = dict(self.rope_scaling)
         return d
 
     def __repr__(self) -> str:
@@ -468,6 +493,86 @@ class LocalLM(LLM):
             t = text[r] if text[r] is not None else self._tok.decode(out_ids[r], skip_special_tokens=True)
             res.append(Generation(t, n_prompt_tokens=len(batch[r]), n_tokens=len(out_ids[r]), finish_reason=reason[r], logprob=logprob[r]))
         return res
+
+    def generate_stream(self, prompt: Prompt, on_text: Any, max_new_tokens: int = 256, stop: Sequence[str] | None = None,
+                        temperature: float = 0.0, chat: bool = True, seed: int | None = None) -> Generation:
+        """Generate for one prompt, calling ``on_text(delta)`` with each new piece of text as it is
+        decoded; returns the same :class:`Generation` as ``generate([prompt], ...)[0]`` (and shares its
+        cache: a cached answer arrives as one piece). Text that could be the start of a stop string
+        is held back until it is known not to be one."""
+        import torch
+        from transformers import DynamicCache
+
+        self.warm_up()
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        stops = [stop] if isinstance(stop, str) and stop else sorted({s for s in (stop or []) if s})
+        texts, ids = self._encode_prompts([prompt], chat)
+        self._check_fits(len(ids[0]), 0)
+        greedy = temperature == 0
+        key = None
+        if greedy or seed is not None:
+            params = self._params(max_new_tokens=max_new_tokens, stop=stops, temperature=float(temperature))
+            if not greedy:
+                params["seed"] = int(seed)  # type: ignore[arg-type]
+            key = make_key(self.model_id, "generate", texts[0], params)
+        cache = self._cache() if key is not None else None
+        hit = cache.get_many([key]).get(key) if cache is not None else None
+        if hit is not None:
+            if hit["text"]:
+                on_text(hit["text"])
+            emit("llm_call", model=self.model_id, op="generate", n_prompts=1, prompt_tokens=0, completion_tokens=0, cached=1)
+            return Generation(hit["text"], hit["n_prompt_tokens"], hit["n_tokens"], hit["finish_reason"], hit.get("logprob"), cached=True)
+        model, dev, x = self._model, self._model.device, ids[0]
+        budget = min(max_new_tokens, self.context_length - len(x))
+        gen = torch.Generator(device="cpu").manual_seed(int(seed)) if seed is not None and not greedy else None
+        out_ids: list[int] = []
+        logprob, reason, sent, final = 0.0, "length", "", None
+        hold = max((len(s) for s in stops), default=1) - 1
+        with torch.inference_mode():
+            pkv = DynamicCache(config=model.config)
+            inp = torch.tensor([x], dtype=torch.long, device=dev)
+            pos = torch.arange(len(x), device=dev)[None]  # (1, T)
+            out = model(input_ids=inp, attention_mask=torch.ones_like(inp), position_ids=pos, past_key_values=pkv,
+                        use_cache=True, logits_to_keep=1)
+            while budget > 0:
+                logits = out.logits[:, -1, :].float()  # (1, V)
+                if greedy:
+                    nxt = logits.argmax(-1)
+                else:
+                    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+                    nxt = torch.multinomial(probs[0], 1, generator=gen).to(dev) if gen is not None else torch.multinomial(probs[0], 1).to(dev)
+                t = int(nxt[0])
+                if t in self._eos:
+                    reason = "eos"
+                    break
+                out_ids.append(t)
+                logprob += float(torch.log_softmax(logits, dim=-1)[0, t])
+                s = self._tok.decode(out_ids, skip_special_tokens=True)
+                cut = min((k for k in (s.find(st) for st in stops) if k >= 0), default=-1)
+                if cut >= 0:
+                    final, reason = s[:cut], "stop"
+                    break
+                if len(out_ids) >= budget:
+                    break
+                safe = s[: len(s) - hold] if hold else s
+                if safe.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                    safe = safe.rstrip("\ufffd")
+                if len(safe) > len(sent) and safe.startswith(sent):
+                    on_text(safe[len(sent):])
+                    sent = safe
+                pos = pos[:, -1:] + 1
+                out = model(input_ids=nxt.view(1, 1), attention_mask=torch.ones((1, pos.item() + 1), dtype=torch.long, device=dev),
+                            position_ids=pos, past_key_values=pkv, use_cache=True, logits_to_keep=1)
+        text = final if final is not None else self._tok.decode(out_ids, skip_special_tokens=True)
+        if text.startswith(sent) and len(text) > len(sent):
+            on_text(text[len(sent):])
+        g = Generation(text, n_prompt_tokens=len(x), n_tokens=len(out_ids), finish_reason=reason, logprob=logprob)
+        if cache is not None:
+            cache.put_many([(key, self.model_id, "generate", {"text": g.text, "n_prompt_tokens": g.n_prompt_tokens,
+                                                             "n_tokens": g.n_tokens, "finish_reason": g.finish_reason, "logprob": g.logprob})])
+        emit("llm_call", model=self.model_id, op="generate", n_prompts=1, prompt_tokens=len(x), completion_tokens=len(out_ids), cached=0)
+        return g
 
     # ------------------------------------------------------------------ grey box
     def _logits(self, hidden):

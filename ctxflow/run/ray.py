@@ -11,6 +11,8 @@
   warmed up on first use. A map step is cut into ``actors * shards_per_actor`` contiguous shards;
   each shard is one batched ``generate``/``embed`` call on an idle actor (``ActorPool``); results
   come back in order.
+* ``map(fn, items)``: one Ray task per item (``cpus_per_task`` CPUs, fewer when the actors hold
+  all the cluster's CPUs, so a small local cluster never waits forever).
 * The LLM-call cache works on the actors too (each node's own cache folder), so an interrupted
   run resumes there as well.
 * Events: actors cannot reach the driver's event bus, so the executor emits one ``llm_call``
@@ -94,7 +96,8 @@ class RayExecutor(Executor):
     type_name = "ray"
 
     def __init__(self, address: str = "local", actors: int = 2, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
-                 shards_per_actor: int = 1, num_cpus: int | None = None, object_store_mb: int | None = 256):
+                 shards_per_actor: int = 1, cpus_per_task: float = 1.0, num_cpus: int | None = None,
+                 object_store_mb: int | None = 256):
         if importlib.util.find_spec("ray") is None:
             raise UserError("the 'ray' executor needs Ray, which is not installed: pip install 'ctxflow[ray]'.")
         if not isinstance(address, str) or not (address in ("local", "auto") or address.startswith("ray://")
@@ -102,10 +105,11 @@ class RayExecutor(Executor):
             raise ValueError(f"address {address!r} is not valid: {ADDRESS_HELP}")
         if actors < 1:
             raise ValueError(f"actors must be >= 1, got {actors}")
-        if cpus_per_actor <= 0 or gpus_per_actor < 0 or shards_per_actor < 1:
-            raise ValueError("cpus_per_actor must be > 0, gpus_per_actor >= 0 and shards_per_actor >= 1")
+        if cpus_per_actor <= 0 or gpus_per_actor < 0 or shards_per_actor < 1 or cpus_per_task < 0:
+            raise ValueError("cpus_per_actor must be > 0, gpus_per_actor >= 0, shards_per_actor >= 1 and cpus_per_task >= 0")
         self.address, self.actors, self.cpus_per_actor, self.gpus_per_actor = address, actors, cpus_per_actor, gpus_per_actor
-        self.shards_per_actor, self.num_cpus, self.object_store_mb = shards_per_actor, num_cpus, object_store_mb
+        self.shards_per_actor, self.cpus_per_task = shards_per_actor, cpus_per_task
+        self.num_cpus, self.object_store_mb = num_cpus, object_store_mb
         self._pool: list[Any] = []
         self._call: Any = None
         self._lock = threading.Lock()
@@ -193,13 +197,17 @@ class RayExecutor(Executor):
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         ray = self._ray()
         if self._call is None:
-            self._call = ray.remote(num_cpus=1)(_call)
+            self._call = ray.remote(_call)
+        # CPUs the actors do not hold; when they hold them all (a small local cluster), tasks
+        # share the actors' CPUs instead of waiting forever for a free one
+        spare = ray.cluster_resources().get("CPU", 0) - len(self._pool) * self.cpus_per_actor
+        cpus = min(self.cpus_per_task, spare) if spare > 0 else 0
         ref = ray.put(fn)
-        return ray.get([self._call.remote(ref, x) for x in items])
+        return ray.get([self._call.options(num_cpus=cpus).remote(ref, x) for x in items])
 
     def spec(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": "ray", "address": self.address, "actors": self.actors}
-        defaults = {"cpus_per_actor": 1.0, "gpus_per_actor": 0.0, "shards_per_actor": 1, "num_cpus": None, "object_store_mb": 256}
+        defaults = {"cpus_per_actor": 1.0, "gpus_per_actor": 0.0, "shards_per_actor": 1, "cpus_per_task": 1.0, "num_cpus": None, "object_store_mb": 256}
         for k, dv in defaults.items():
             if getattr(self, k) != dv:
                 d[k] = getattr(self, k)

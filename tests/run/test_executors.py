@@ -117,5 +117,5 @@ def test_executor_spec_errors():
 
 
 def test_yaml_executor_error_is_located():
-    with pytest.raises(SpecError, match=r"line \d+.*executor.*unknown executor type"):
+    with pytest.raises(SpecError, match=r"<string>:\d+:\d+: executor: unknown executor type 'dask'"):
         loads(PIPELINE + "executor: {type: dask}\n")
