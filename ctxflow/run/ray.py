@@ -123,6 +123,9 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             kw: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False}
             if self.address == "local":
+                # Ray starts workers at nice 15; here the actors do all the model work while the
+                # driver waits, so they run at normal priority (an explicit setting wins)
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 if self.object_store_mb:
                     kw["object_store_memory"] = int(self.object_store_mb) << 20
                 ray.init(num_cpus=self.num_cpus, **kw)

@@ -25,8 +25,8 @@ models:
   embed: {type: sentence-transformers, model: default}
 components:
   chunk: {type: chunk.tokens, size: 120, overlap: 0, llm: llm}
-  bank: {type: memory.cosine, embedder: embed, top_k: 4}
-  answer: {type: aggregate.map_reduce, llm: llm, map_tokens: 16, max_new_tokens: 16}
+  bank: {type: memory.cosine, embedder: embed, top_k: 3}
+  answer: {type: aggregate.map_reduce, llm: llm, map_tokens: 12, max_new_tokens: 12}
 connections:
   - chunk.chunks -> bank.chunks
   - bank.hits -> answer.chunks
@@ -38,6 +38,7 @@ QUESTIONS = ["What does grok mean?", "What is a heisenbug?"]
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as RayExecutor does for a local Ray: actors at normal priority
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 << 20)
     yield ray
     ray.shutdown()
@@ -45,7 +46,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def document() -> str:
-    return DATA.read_text(encoding="utf-8")[:6000]
+    return DATA.read_text(encoding="utf-8")[:4000]
 
 
 def _answers(pipeline, document):
