@@ -64,12 +64,12 @@ def has(text: str, key: str) -> bool:
     return re.search(rf"\b{re.escape(key)}\b", text or "", re.I) is not None
 
 
-def book_coverage(llm, path: Path, n_facts: int) -> dict:
+def book_coverage(llm, path: Path, n_facts: int, section_tokens: int | None = None) -> dict:
     from ctxflow.summarize.book import BookSummary
 
     text, planted = plant(path.read_text(encoding="utf-8"), n_facts)
     t = time.time()
-    res = BookSummary(llm=llm).run(document=text, title=path.name)
+    res = BookSummary(llm=llm, section_tokens=section_tokens).run(document=text, title=path.name)
     seconds = time.time() - t
     root = res["outline"]["root"]
 
@@ -130,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--section-tokens", type=int, help="book section budget (default: the component's)")
     ap.add_argument("--only", choices=["book", "code"], help="measure one of the two")
     ap.add_argument("--json", default=str(ROOT / "bench/results/summary_coverage.json"))
     args = ap.parse_args(argv)
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         out["codebase"] = code_coverage(llm, Path(args.code).resolve())
         print(json.dumps({k: out["codebase"][k] for k in ("folder", "prose", "markdown_with_outline", "model_calls")}), flush=True)
     if args.only in (None, "book"):
-        out["book"] = book_coverage(llm, Path(args.book).resolve(), args.facts)
+        out["book"] = book_coverage(llm, Path(args.book).resolve(), args.facts, args.section_tokens)
         print(json.dumps({k: out["book"][k] for k in ("document", "share_kept", "model_calls")}), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
