@@ -194,6 +194,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     args.doc, args.question = pos
     if not args.question.strip():
         raise UserError("the question is empty: ask something, e.g. ctxflow ask book.txt \"Who is the narrator?\".")
+    if Path(args.doc).is_dir():  # a codebase folder: pipelines/codebase_qa.yaml (input 'path')
+        from .summarize.cli import ask_folder
+
+        return ask_folder(args)
     doc = read_document(args.doc)
     if doc.meta.get("replaced_bytes"):
         print(f"warning: {args.doc}: {doc.meta['replaced_bytes']} invalid UTF-8 byte(s) replaced by U+FFFD", file=sys.stderr)

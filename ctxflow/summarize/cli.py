@@ -76,6 +76,33 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def ask_folder(args: argparse.Namespace) -> int:
+    """``ctxflow ask FOLDER QUESTION``: a codebase question (default ``pipelines/codebase_qa.yaml``);
+    the answer's citations are printed as ``path:line``."""
+    from ..cli import _load, _run_pipeline, default_pipeline, jsonable, print_answer
+
+    p = _load(args.pipeline or str(default_pipeline("codebase_qa.yaml")))
+    from .. import cli as _cli
+
+    if hasattr(_cli, "_apply_executor"):
+        _cli._apply_executor(p, args)
+    missing = [k for k in ("path", "question") if k not in p.inputs]
+    if missing:
+        raise UserError(f"{args.doc} is a folder, but pipeline {p.source} has no input(s) {missing}; asking about a codebase "
+                        "needs inputs 'path' and 'question' (e.g. pipelines/codebase_qa.yaml).")
+    res = _run_pipeline(p, {"path": args.doc, "question": args.question}, args.quiet)
+    ans = res.outputs.get("answer") or next(iter(res.outputs.values()))
+    if args.json:
+        d = jsonable(ans) if hasattr(ans, "model_dump") else {"answer": jsonable(ans)}
+        print(json.dumps({"answer": d.get("text", d.get("answer")), "citations": [
+            {"start": c["start"], "end": c["end"], "text": c["text"], "doc_id": c.get("doc_id"), "score": c.get("score"),
+             **c.get("meta", {})} for c in d.get("citations", [])], "document": args.doc, "question": args.question,
+            "trace": jsonable(res.trace)}, ensure_ascii=False))
+    else:
+        print_answer(ans)
+    return 0
+
+
 def register(sub: Any) -> None:
     s = sub.add_parser("summarize", help="summarize a book (text file) or a codebase (folder) as Markdown")
     s.add_argument("path", help="a text file (summarized section -> chapter -> book) or a folder (file -> folder -> repository)")
