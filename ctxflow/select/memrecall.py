@@ -1,188 +1,175 @@
 """``select.memrecall``: CogLTX MemRecall (Ding et al., NeurIPS 2020), training-free.
 
-The text is cut into blocks (<= ``block_size`` tokens, on sentence boundaries). A working
-memory ``z`` with a token ``budget`` is built over ``iterations`` rounds:
+The text is cut into blocks (<= ``block_size`` tokens, on sentence boundaries; see
+:mod:`ctxflow.select.blocks`). A working memory ``z`` with a token ``budget`` (by default a
+share of the model's own context) is built over ``iterations`` rounds:
 
-1. *coarse* — every block is scored against (question + current z): lexical BM25 and, when an
-   embedder is given, cosine similarity; with ``judge: llm`` the best ``prefilter`` blocks are
-   re-scored by the model's own relevance log-odds (yes/no next-token probabilities);
-2. *fill* — z is filled greedily with the best new blocks until the budget is reached;
-3. *fine* — the blocks of z are re-scored jointly (each against the question plus the rest of
-   z) and only the best ``keep`` (growing by ``increment`` each round) survive.
+1. *coarse* — every block is scored against the question plus the current ``z``: BM25 over all
+   blocks for the question joined with the terms ``z`` adds to it (a bridging name), the retrieval
+   prior (``candidates`` from a memory bank), dense similarity where an embedder is given; then
+   the ``prefilter`` best new blocks are judged: ``judge: llm`` (default) adds the model's own
+   relevance log-odds ("does this passage help answer the question, given the known facts?" —
+   yes vs no next-token probabilities, one batched forward); ``judge: embedding`` uses the dense
+   similarity alone;
+2. *fill* — ``z`` is filled greedily with the best judged blocks until the budget is reached;
+3. *fine* — the blocks of ``z`` are re-scored jointly, each against the question plus the rest
+   of ``z`` (BM25 for the question joined with the rest's new terms, and the judge, batched), and only the best ``keep + it * increment``
+   survive.
 
 Because round 2 queries with what round 1 found, a fact that names another fact (a two-hop
-question) pulls the second one in — what single-shot top-k retrieval cannot do. The final z
-keeps document order and goes to the reasoner. The original judge is a trained RoBERTa; ours
-is pluggable: ``llm`` (default), ``embedding`` or ``lexical``.
+question) pulls the second one in — which single-shot top-k retrieval cannot do. The final ``z``
+is returned in document order. The original judge is a trained RoBERTa; ours needs no training.
 """
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Union
+from typing import Annotated, Union
 
 import numpy as np
 
-from ..chunking import chunk_text
+from ..aggregate.base import check_question, unwrap
+from ..errors import UserError
 from ..events import progress
 from ..graph.component import Component, _Ref, component
 from ..llm.base import LLM, Embedder
+from ..memory.bm25 import BM25Bank, tokenize
 from ..types import Chunk, Scored
-from ..aggregate.base import check_question, unwrap
-from .map_rerank import relevance_logodds
+from .blocks import blocks_of_chunks, make_blocks
+from .scoring import relevance_logodds, zscore
 
 OptionalLLMRef = Annotated[Union[str, LLM, None], _Ref("llm")]
 OptionalEmbedderRef = Annotated[Union[str, Embedder, None], _Ref("embedder")]
-_TOK = re.compile(r"\w+", re.UNICODE)
-JUDGES = ("llm", "embedding", "lexical")
+JUDGES = ("llm", "embedding")
 MEMORY_JUDGE_PROMPT = (
     "Known facts:\n{memory}\n\nPassage:\n{context}\n\nQuestion: {question}\n"
     "Does the passage help answer the question, given the known facts? Answer yes or no."
 )
 
 
-def tokens(text: str) -> list[str]:
-    return [t.lower() for t in _TOK.findall(text)]
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2 or float(x.std()) < 1e-9:
-        return np.zeros_like(x)
-    return (x - x.mean()) / x.std()
-
-
-class _Lexical:
-    """BM25 over the blocks (the maintained ``bm25s`` package)."""
-
-    def __init__(self, texts: list[str]):
-        import bm25s
-
-        self.r = bm25s.BM25()
-        self.r.index([tokens(t) or ["_"] for t in texts], show_progress=False)
-        self.n = len(texts)
-
-    def scores(self, query: str) -> np.ndarray:
-        q = tokens(query)
-        return np.asarray(self.r.get_scores(q), dtype=float) if q else np.zeros(self.n)
+def novel(memory: str, question: str) -> str:
+    """The terms of ``memory`` that the question does not already contain: what the memory adds
+    (a bridging name, a number), as a lexical query."""
+    seen = set(tokenize(question))
+    return " ".join(t for t in tokenize(memory) if t not in seen)
 
 
 @component("select.memrecall", outputs={"selected": list[Scored[Chunk]]})
 class MemRecall(Component):
+    """CogLTX MemRecall over ``text`` (the whole document) or ``chunks``; ``candidates`` (hits
+    of a memory bank) add a retrieval prior. Outputs the final working memory in document order."""
+
     def __init__(self, llm: OptionalLLMRef = "llm", embedder: OptionalEmbedderRef = None, judge: str = "llm",
                  budget: int | None = None, block_size: int = 63, iterations: int = 2, keep: int = 2,
-                 increment: int = 2, prefilter: int = 24):
+                 increment: int = 2, prefilter: int = 16, judge_weight: float = 1.0,
+                 prior_weight: float = 1.0):
         if judge not in JUDGES:
-            raise ValueError(f"judge must be one of {', '.join(JUDGES)}; got {judge!r}")
-        if iterations < 1 or keep < 1 or block_size < 8:
-            raise ValueError("iterations and keep must be >= 1 and block_size >= 8")
+            raise UserError(f"select.memrecall: judge must be one of {', '.join(JUDGES)}; got {judge!r}.")
+        if judge == "embedding" and embedder is None:
+            raise UserError("select.memrecall: judge 'embedding' needs an embedder (embedder: embed).")
+        if iterations < 1 or keep < 1 or increment < 0 or prefilter < 1 or block_size < 8:
+            raise UserError("select.memrecall: iterations, keep and prefilter must be >= 1, increment >= 0, block_size >= 8.")
+        if budget is not None and budget < 8:
+            raise UserError(f"select.memrecall: budget must be at least 8 tokens, got {budget}.")
         self.llm, self.embedder, self.judge, self.budget = llm, embedder, judge, budget
-        self.block_size, self.iterations, self.keep, self.increment, self.prefilter = block_size, iterations, keep, increment, prefilter
+        self.block_size, self.iterations, self.keep, self.increment = block_size, iterations, keep, increment
+        self.prefilter, self.judge_weight, self.prior_weight = prefilter, judge_weight, prior_weight
         self.requires = frozenset({"logits"}) if judge == "llm" else frozenset()
 
-    # -- blocks ---------------------------------------------------------------------------
-    def blocks(self, text: str | None, chunks: list[Chunk] | None, doc_id: str) -> list[Chunk]:
-        llm = self.llm if isinstance(self.llm, LLM) else None
-        if text is not None:
-            return chunk_text(text, "sentences", doc_id=doc_id, size=self.block_size, llm=llm)
-        out: list[Chunk] = []
-        for c in sorted(chunks or [], key=lambda c: (c.doc_id, c.start)):
-            for b in chunk_text(c.text, "sentences", doc_id=c.doc_id, size=self.block_size, llm=llm):
-                out.append(b.model_copy(update={"start": c.start + b.start, "end": c.start + b.end, "index": len(out),
-                                                "meta": {**c.meta, **b.meta}}))
-        # drop duplicates from overlapping chunks
-        seen, uniq = set(), []
-        for b in out:
-            if (b.doc_id, b.start, b.end) not in seen:
-                seen.add((b.doc_id, b.start, b.end))
-                uniq.append(b)
-        return uniq
+    # -- helpers --------------------------------------------------------------------------
+    def _llm(self) -> LLM | None:
+        return self.llm if isinstance(self.llm, LLM) else None
 
-    def _budget(self) -> int:
+    def token_budget(self) -> int:
+        """Working-memory budget: ``budget``, else 1/32 of the model's context (64..512 tokens)."""
         if self.budget:
             return self.budget
-        ctx = self.llm.context_length if isinstance(self.llm, LLM) else 2048
-        return max(64, min(512, ctx // 4))
+        llm = self._llm()
+        ctx = llm.context_length if llm is not None else 2048
+        return int(max(64, min(512, ctx // 32)))
 
-    # -- scoring --------------------------------------------------------------------------
-    def _coarse(self, blocks: list[Chunk], lex: _Lexical, emb: np.ndarray | None, question: str, memory: list[int]) -> np.ndarray:
-        mem_text = " ".join(blocks[i].text for i in memory)
-        s = _z(lex.scores(question)) + 0.7 * _z(lex.scores(mem_text)) if memory else _z(lex.scores(question))
-        if emb is not None:
-            q = self.embedder.embed([question + ("\n" + mem_text if mem_text else "")], kind="query")[0]
-            s = s + _z(emb @ q)
-        if self.judge == "llm" and isinstance(self.llm, LLM):
-            top = [i for i in np.argsort(-s)[: self.prefilter] if i not in memory]
-            if top:
-                rel = self._judge([blocks[i].text for i in top], question, mem_text)
-                bonus = np.full(len(blocks), -np.inf)
-                bonus[top] = _z(rel) + 0.5 * _z(s[top])
-                s = np.where(np.isfinite(bonus), 10.0 + bonus, s)  # judged blocks rank above the rest
-        return s
+    def _judge(self, texts: list[str], question: str, memory: list[str]) -> np.ndarray:
+        llm = self._llm()
+        if self.judge != "llm" or llm is None or not texts or "logits" not in getattr(llm, "capabilities", ()):
+            return np.zeros(len(texts))
+        if not any(memory):
+            return relevance_logodds(llm, texts, question)
+        prompts = [MEMORY_JUDGE_PROMPT.format(memory=m or "(none)", context=t, question=question)
+                   for t, m in zip(texts, memory)]
+        return relevance_logodds(llm, [""] * len(texts), "", prompts=prompts)
 
-    def _judge(self, texts: list[str], question: str, memory: str) -> np.ndarray:
-        if memory:
-            prompt = MEMORY_JUDGE_PROMPT.replace("{memory}", memory.replace("{", "{{").replace("}", "}}"))
-            return relevance_logodds(self.llm, texts, question, prompt=prompt)
-        return relevance_logodds(self.llm, texts, question)
-
-    def _fine(self, blocks: list[Chunk], z: list[int], question: str, lex: _Lexical, emb: np.ndarray | None) -> np.ndarray:
-        """Score each block of z against the question plus the rest of z (joint, leave-one-out)."""
-        out = np.zeros(len(z))
-        for j, i in enumerate(z):
-            rest = " ".join(blocks[k].text for k in z if k != i)
-            qs = lex.scores(question)[i]
-            rs = lex.scores(rest)[i] if rest else 0.0
-            out[j] = qs + 0.5 * rs
-        out = _z(out)
-        if emb is not None:
-            q = self.embedder.embed([question], kind="query")[0]
-            out = out + _z(emb[z] @ q)
-        if self.judge == "llm" and isinstance(self.llm, LLM) and len(z) > 1:
-            rel = np.array([self._judge([blocks[i].text], question, " ".join(blocks[k].text for k in z if k != i))[0] for i in z])
-            out = out + _z(rel)
-        return out
+    def _dense(self, idx: list[int], blocks: list[Chunk], query: str, cache: dict[int, np.ndarray]) -> np.ndarray:
+        if not isinstance(self.embedder, Embedder) or not idx:
+            return np.zeros(len(idx))
+        todo = [i for i in idx if i not in cache]
+        if todo:
+            vecs = np.asarray(self.embedder.embed([blocks[i].text for i in todo], kind="passage"), dtype=float)
+            cache.update(zip(todo, vecs))
+        q = np.asarray(self.embedder.embed([query], kind="query"), dtype=float)[0]
+        return np.array([float(cache[i] @ q) for i in idx])
 
     # -- run ------------------------------------------------------------------------------
     def run(self, question: str, text: str | None = None, chunks: list[Chunk] | list[Scored[Chunk]] | None = None,
-            doc_id: str = "") -> dict:
+            candidates: list[Scored[Chunk]] | None = None, doc_id: str = "") -> dict:
         question = check_question(question)
-        if text is None and chunks is None:
-            raise ValueError("select.memrecall needs 'text' or 'chunks'")
-        plain = [c for c, _ in unwrap(chunks)] if chunks is not None else None
-        blocks = self.blocks(text, plain, doc_id)
+        llm = self._llm()
+        if text is not None:
+            blocks = make_blocks(text, self.block_size, llm, doc_id)
+        elif chunks is not None or candidates is not None:
+            blocks = blocks_of_chunks([c for c, _ in unwrap(chunks if chunks is not None else candidates)], self.block_size, llm)
+        else:
+            raise UserError("select.memrecall needs the document ('text') or its 'chunks'.")
         if not blocks:
             return {"selected": []}
-        lex = _Lexical([b.text for b in blocks])
-        emb = None
-        if isinstance(self.embedder, Embedder):
-            emb = np.asarray(self.embedder.embed([b.text for b in blocks], kind="passage"), dtype=float)
-        budget = self._budget()
-        count = (self.llm.count_tokens if isinstance(self.llm, LLM) else (lambda t: len(tokens(t))))
-        ntok = [b.n_tokens or count(b.text) for b in blocks]
+        lex = BM25Bank()
+        lex.add(blocks)
+        prior = self._prior(blocks, candidates)
+        cache: dict[int, np.ndarray] = {}
+        budget = self.token_budget()
+        ntok = [b.n_tokens or (llm.count_tokens(b.text) if llm else len(b.text.split())) for b in blocks]
+        q_lex = zscore(lex.scores(question))
         z: list[int] = []
-        history = []
-        final_scores: dict[int, float] = {}
+        scores: dict[int, float] = {}
+        rounds = []
         for it in range(self.iterations):
-            progress(it, self.iterations, "recall")
-            coarse = self._coarse(blocks, lex, emb, question, z)
+            progress(it, self.iterations, "memrecall")
+            mem = [blocks[i].text for i in z]
+            # (1) coarse: every block against question + memory
+            coarse = (zscore(lex.scores(question + "\n" + novel(" ".join(mem), question))) if mem else q_lex) + self.prior_weight * prior
+            order = [int(i) for i in np.argsort(-coarse, kind="stable") if int(i) not in z]
+            cand = order[: self.prefilter]
+            judged = coarse[cand] + zscore(self._dense(cand, blocks, question + ("\n" + "\n".join(mem) if mem else ""), cache))
+            if self.judge == "llm":
+                judged = judged + self.judge_weight * zscore(self._judge([blocks[i].text for i in cand], question, ["\n".join(mem)] * len(cand)))
+            # (2) fill the memory greedily up to the budget
             used = sum(ntok[i] for i in z)
-            for i in np.argsort(-coarse):
-                i = int(i)
-                if i in z:
-                    continue
-                if used + ntok[i] > budget:
-                    if used >= budget * 0.9:
-                        break
-                    continue
-                z.append(i)
-                used += ntok[i]
-            fine = self._fine(blocks, z, question, lex, emb)
-            keep = self.keep + it * self.increment
-            ranked = [z[j] for j in np.argsort(-fine)]
-            final_scores = {z[j]: float(fine[j]) for j in range(len(z))}
-            z = ranked[:keep]
-            history.append([blocks[i].id for i in z])
-        progress(self.iterations, self.iterations, "recall")
+            for j in np.argsort(-judged, kind="stable"):
+                i = cand[int(j)]
+                if used + ntok[i] <= budget or not z:
+                    z.append(i)
+                    used += ntok[i]
+            # (3) fine: each block of z against the question and the rest of z, jointly
+            rest = ["\n".join(blocks[k].text for k in z if k != i) for i in z]
+            fine = np.array([zscore(lex.scores(question + "\n" + novel(r, question)))[i] + self.prior_weight * prior[i] for r, i in zip(rest, z)])
+            fine = fine + zscore(self._dense(z, blocks, question, cache))
+            if self.judge == "llm" and len(z) > 1:
+                fine = fine + self.judge_weight * zscore(self._judge([blocks[i].text for i in z], question, rest))
+            n_keep = self.keep + it * self.increment
+            ranked = [z[int(j)] for j in np.argsort(-fine, kind="stable")]
+            scores = {z[j]: float(fine[j]) for j in range(len(z))}
+            z = ranked[:n_keep]
+            rounds.append({"filled": len(ranked), "kept": [blocks[i].start for i in z]})
+        progress(self.iterations, self.iterations, "memrecall")
         z = sorted(z, key=lambda i: (blocks[i].doc_id, blocks[i].start))
-        selected = [Scored[Chunk](item=blocks[i], score=final_scores.get(i, 0.0), meta={"memrecall": True}) for i in z]
-        return {"selected": selected}
+        return {"selected": [Scored[Chunk](item=blocks[i], score=scores.get(i, 0.0), meta={"strategy": "memrecall", "rounds": rounds})
+                             for i in z]}
+
+    def _prior(self, blocks: list[Chunk], candidates: list[Scored[Chunk]] | None) -> np.ndarray:
+        """Reciprocal-rank prior from a bank's hits: a block inside the hit of rank r gets 1/(1+r)."""
+        out = np.zeros(len(blocks))
+        if not candidates:
+            return out
+        hits = sorted(unwrap(candidates), key=lambda cs: -(cs[1] if cs[1] is not None else 0.0))
+        for r, (c, _) in enumerate(hits):
+            for i, b in enumerate(blocks):
+                if b.doc_id == c.doc_id and b.start < c.end and c.start < b.end:
+                    out[i] = max(out[i], 1.0 / (1.0 + r))
+        return zscore(out)
