@@ -274,11 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     bl = bsub.add_parser("lines", help="LongEval lines retrieval through a pipeline and the full-context baseline")
     bl.add_argument("--lines", default="200,400,600", help="comma-separated record lengths")
     bl.add_argument("--per", type=int, default=10, help="questions per length")
-    bl.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
+    bl.add_argument("--pipeline", "-p", action="append", help="pipeline file (default: pipelines/book_qa.yaml); repeat to compare several in one run")
     bl.add_argument("--json", metavar="OUT", help="write results JSON here (a PNG plot beside it)")
     bl.add_argument("--seed", type=int, default=0)
     bl.add_argument("--two-hop", action="store_true", help="the two-hop variant")
     bl.add_argument("--no-baseline", action="store_true", help="skip the full-context baseline")
+    bl.add_argument("--baseline-per", type=int, default=None, help="questions per length for the (slow) full-context baseline (default: --per)")
     bl.set_defaults(fn=cmd_bench)
 
     # subcommands owned by their subsystems: each module has ``register(subparsers)``; a module

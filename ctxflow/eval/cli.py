@@ -52,6 +52,17 @@ def pipeline_system(pipe: Any):
     return run
 
 
+def _machine_note() -> str:
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on every platform
+        load = float("nan")
+    return (f"{os.cpu_count()} CPU cores; load average {load:.1f} at the end of the run "
+            "(a load far above the core count means the machine was shared by other work, so seconds are inflated)")
+
+
 def bench_main(args: argparse.Namespace) -> int:
     if args.task != "lines":
         raise UserError("choose a benchmark: ctxflow bench lines --lines 200,400,600 --per 10")
@@ -63,21 +74,36 @@ def bench_main(args: argparse.Namespace) -> int:
     lengths = _lengths(args.lines)
     if args.per < 1:
         raise UserError(f"--per must be at least 1, got {args.per}.")
-    path = args.pipeline or str(default_pipeline())
-    pipe = load(path)
-    if "document" not in pipe.inputs or "question" not in pipe.inputs:
-        raise UserError(f"{path}: the bench feeds inputs 'document' and 'question'; this pipeline takes {sorted(pipe.inputs)}.")
-    pipe.warm_up()
-    systems: dict[str, Any] = {f"ctxflow ({Path(path).name})": pipeline_system(pipe)}
-    llms = [m for m in pipe.models.values() if isinstance(m, LLM)]
+    base_per = getattr(args, "baseline_per", None)
+    if base_per is not None and not 0 <= base_per <= args.per:
+        raise UserError(f"--baseline-per must be between 0 and --per ({args.per}), got {base_per}.")
+    paths = args.pipeline or [str(default_pipeline())]
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    systems: dict[str, Any] = {}
+    llms: list[LLM] = []
+    for path in paths:
+        pipe = load(path)
+        if "document" not in pipe.inputs or "question" not in pipe.inputs:
+            raise UserError(f"{path}: the bench feeds inputs 'document' and 'question'; this pipeline takes {sorted(pipe.inputs)}.")
+        pipe.warm_up()
+        name = f"ctxflow ({Path(path).name})"
+        if name in systems:
+            name = f"ctxflow ({path})"
+        systems[name] = pipeline_system(pipe)
+        llms += [m for m in pipe.models.values() if isinstance(m, LLM)]
+    per_system: dict[str, int] = {}
     if not args.no_baseline:
         if not llms:
-            raise UserError(f"{path} declares no LLM to run the full-context baseline with; pass --no-baseline.")
-        systems[f"full context ({llms[0].model_id})"] = full_context_system(llms[0])
-    res = run_lines_bench(lengths, args.per, systems, seed=args.seed, two_hop=args.two_hop)
-    res["pipeline"] = str(path)
+            raise UserError(f"{paths[0]} declares no LLM to run the full-context baseline with; pass --no-baseline.")
+        base = f"full context ({llms[0].model_id})"
+        systems[base] = full_context_system(llms[0])
+        if base_per is not None:
+            per_system[base] = base_per
+    res = run_lines_bench(lengths, args.per, systems, seed=args.seed, two_hop=args.two_hop, per_system=per_system)
+    res["pipeline"] = paths[0] if len(paths) == 1 else paths
     res["model"] = llms[0].model_id if llms else None
     res["context_length"] = llms[0].context_length if llms else None
+    res["machine"] = _machine_note()
     print(format_table(res))
     if args.json:
         out = Path(args.json)

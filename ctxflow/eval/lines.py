@@ -320,6 +320,7 @@ def run_lines_bench(
     progress: bool = True,
     two_hop: bool = False,
     catch_errors: bool = True,
+    per_system: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run every system on the same ``per`` examples for each record length (number of lines).
 
@@ -336,10 +337,13 @@ def run_lines_bench(
     Length keys are strings (so the dict is the same before and after a JSON round trip).
     A system that raises gets the exception recorded and the answer counted wrong, unless
     ``catch_errors`` is false. Progress goes to stderr (tqdm) when ``progress``.
+    ``per_system`` runs a slow system (e.g. the full-context baseline) on fewer examples: the
+    ``n`` of the ``per`` examples evenly spread over the record depths (its cells say their ``n``).
     """
     lengths = [int(n) for n in lengths]
     names = list(systems)
-    total = len(lengths) * per * len(names)
+    limit = {name: min(per, max(0, int((per_system or {}).get(name, per)))) for name in names}
+    total = len(lengths) * sum(limit.values())
     bar = None
     if progress:
         try:
@@ -368,7 +372,9 @@ def run_lines_bench(
                 secs = 0.0
                 if bar is not None:
                     bar.set_description(f"lines {name} @{length}")
-                for e, rec in zip(exs, recs):
+                k = limit[name]
+                pick = sorted({(i * per) // k for i in range(k)}) if k else []
+                for e, rec in ((exs[i], recs[i]) for i in pick):
                     t0 = time.perf_counter()
                     err = None
                     try:
@@ -394,7 +400,7 @@ def run_lines_bench(
                     secs += dt
                     if bar is not None:
                         bar.update(1)
-                n = len(exs)
+                n = len(pick)
                 results[name][str(length)] = {
                     "accuracy": n_ok / n if n else 0.0,
                     "n": n,

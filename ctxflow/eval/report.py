@@ -26,8 +26,10 @@ def _cell(cells: Mapping[Any, Any], length: int) -> Mapping[str, Any] | None:
 
 def format_table(results: Mapping[str, Any]) -> str:
     """Markdown table: one row per system, one column per record length (number of lines);
-    cells read ``acc% (s/q)``, e.g. ``85% (1.23s)``; ``–`` where a system has no result."""
+    cells read ``acc% (s/q)``, e.g. ``85% (1.23s)``, plus `` n=K`` where a system ran on fewer
+    examples than the others; ``–`` where a system has no result."""
     per_system, lengths = _table(results)
+    per = results.get("per") if "results" in results else None
     head = "| system | " + " | ".join(f"{n} lines" for n in lengths) + " |"
     rule = "|---|" + "---:|" * len(lengths)
     rows = [head, rule]
@@ -38,7 +40,10 @@ def format_table(results: Mapping[str, Any]) -> str:
             if c is None:
                 out.append("–")
             else:
-                out.append(f"{100 * c['accuracy']:.0f}% ({c['seconds_per_q']:.2f}s)")
+                cell = f"{100 * c['accuracy']:.0f}% ({c['seconds_per_q']:.2f}s)"
+                if per is not None and c.get("n") is not None and c["n"] != per:
+                    cell += f" n={c['n']}"
+                out.append(cell)
         rows.append(f"| {name} | " + " | ".join(out) + " |")
     return "\n".join(rows) + "\n"
 

@@ -259,3 +259,28 @@ def test_progress_goes_to_stderr(capsys):
     run_lines_bench([5], per=2, systems={"zero": lambda e: "0"}, seed=0, progress=True)
     captured = capsys.readouterr()
     assert captured.out == ""
+
+
+def test_per_system_runs_a_slow_system_on_an_even_subset():
+    seen = []
+
+    def slow(ex):
+        seen.append(ex.line_index)
+        return "0"
+
+    res = run_lines_bench([40], per=6, systems={"cheat": cheat, "slow": slow}, seed=2, progress=False, per_system={"slow": 2})
+    assert res["results"]["cheat"]["40"]["n"] == 6 and res["results"]["slow"]["40"]["n"] == 2
+    # evenly spread over the depths: examples 0 and 3 of 6 (the first and the middle slice)
+    assert seen == [res["examples"][0]["line_index"], res["examples"][3]["line_index"]]
+    assert sum("slow" in e["replies"] for e in res["examples"]) == 2
+    table = format_table(res)
+    assert "n=2" in table and "n=6" not in table
+
+
+def test_bench_cli_rejects_bad_options(capsys):
+    from ctxflow.cli import main
+
+    assert main(["bench", "lines", "--lines", "a,b"]) == 2
+    assert "--lines must be comma-separated" in capsys.readouterr().err
+    assert main(["bench", "lines", "--per", "2", "--baseline-per", "5", "--pipeline", "pipelines/book_qa.yaml"]) == 2
+    assert "--baseline-per must be between 0 and --per" in capsys.readouterr().err
