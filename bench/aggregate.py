@@ -21,6 +21,9 @@ keeps what it finished) to ``bench/results/aggregate.json`` and plotted to ``agg
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/aggregate.py [--tasks 10] [--window 512] [--threads 1]
     HF_HUB_OFFLINE=1 .venv/bin/python bench/aggregate.py --plot-only
+    # on a busy machine: shards in parallel processes, then merge
+    for i in 0 1 2; do .venv/bin/python bench/aggregate.py --tasks 8 --threads 1 --shard $i/3 & done; wait
+    .venv/bin/python bench/aggregate.py --merge 3
 """
 from __future__ import annotations
 
@@ -123,9 +126,12 @@ def run_strategy(name: str, llm, emb, chunks, question: str, args) -> dict:
         elif name == "stuff_topk":
             import numpy as np
 
-            qv = emb.embed([question], kind="query")[0]
-            cv = emb.embed([c.text for c in chunks])
-            order = np.argsort(-(cv @ qv))[: args.top_k]
+            if isinstance(emb, list):  # top-k computed beforehand (--topk-json)
+                order = emb[: args.top_k]
+            else:
+                qv = emb.embed([question], kind="query")[0]
+                cv = emb.embed([c.text for c in chunks])
+                order = np.argsort(-(cv @ qv))[: args.top_k]
             comp, given = stuff.Stuff(llm=llm, max_new_tokens=args.new_tokens), [chunks[i] for i in order]
         elif name == "map_reduce":
             comp, given = map_reduce.MapReduce(llm=llm, max_new_tokens=args.new_tokens, map_tokens=args.map_tokens,
@@ -186,40 +192,74 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--map-tokens", type=int, default=40)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--topk-json", default=None, help="precomputed MiniLM top-k chunk indices per task (no embedder here)")
+    ap.add_argument("--write-topk", default=None, help="only compute the top-k chunk indices per task into this file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default=",".join(STRATEGIES))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--shard", default="0/1", help="i/n: run tasks i, i+n, ... into <out>.shard<i>.json (then --merge)")
+    ap.add_argument("--merge", type=int, default=0, help="merge n shard files into --out and plot")
     args = ap.parse_args()
     out = Path(args.out)
     if args.plot_only:
         plot(json.loads(out.read_text()), out.with_suffix(".png"))
         return
+    if args.merge:
+        parts = [json.loads(out.with_suffix(f".shard{i}.json").read_text()) for i in range(args.merge)]
+        data = {**parts[0], "tasks": sorted((t for p in parts for t in p["tasks"]), key=lambda t: t["index"])}
+        data["config"]["shards"] = args.merge
+        data["summary"] = summarize(data["tasks"])
+        out.write_text(json.dumps(data, indent=1))
+        plot(data, out.with_suffix(".png"))
+        print(json.dumps(data["summary"], indent=1))
+        return
+    shard, n_shards = (int(x) for x in args.shard.split("/"))
+    if n_shards > 1:
+        out = out.with_suffix(f".shard{shard}.json")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ctxflow.chunking.base import chunk_text
     from ctxflow.llm.embed import STEmbedder
     from ctxflow.llm.local import LocalLM
 
-    llm = LocalLM(max_context=args.window, cache=False, threads=args.threads)
+    llm = LocalLM(model=args.model, max_context=args.window, cache=False, threads=args.threads, device=args.device)
     llm.warm_up()
-    emb = STEmbedder(disk_cache=False)
-    emb.warm_up()
     n_tokens = int(args.factor * args.window)
     tasks = build_tasks(llm, args.tasks, n_tokens, args.seed)
+    topk = json.loads(Path(args.topk_json).read_text()) if args.topk_json else None
+    emb = None
+    if topk is None:
+        emb = STEmbedder(disk_cache=False)
+        emb.warm_up()
+    if args.write_topk:
+        import numpy as np
+
+        res = {}
+        for i, task in enumerate(tasks):
+            chunks = chunk_text(task["document"], "recursive", size=args.chunk, llm=llm, doc_id=f"task{i}")
+            qv = emb.embed([task["question"]], kind="query")[0]
+            cv = emb.embed([c.text for c in chunks])
+            res[str(i)] = [int(x) for x in np.argsort(-(cv @ qv))[: args.top_k]]
+        Path(args.write_topk).write_text(json.dumps(res))
+        return
     only = [s for s in args.only.split(",") if s]
     data = {"config": {"model": llm.model_id, "window": args.window, "doc_tokens": n_tokens, "chunk_tokens": args.chunk,
                        "top_k": args.top_k, "new_tokens": args.new_tokens, "map_tokens": args.map_tokens, "seed": args.seed,
-                       "threads": args.threads, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                       "threads": args.threads, "tasks": args.tasks, "device": args.device, "topk_precomputed": bool(topk), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                        "note": "CPU machine shared with other jobs (load average > 10 on 2 cores): wall times are "
                                "inflated, compare them only with each other"},
             "tasks": [], "summary": {}}
     for i, task in enumerate(tasks):
+        if i % n_shards != shard:
+            continue
         chunks = chunk_text(task["document"], "recursive", size=args.chunk, llm=llm, doc_id=f"task{i}")
-        row = {"kind": task["kind"], "question": task["question"], "keywords": task["keywords"],
+        row = {"index": i, "kind": task["kind"], "question": task["question"], "keywords": task["keywords"],
                "doc_tokens": llm.count_tokens(task["document"]), "evidence_at": round(task["evidence_at"], 3),
                "chunks": len(chunks), "results": {}}
         for s in only:
-            r = run_strategy(s, llm, emb, chunks, task["question"], args)
+            r = run_strategy(s, llm, topk[str(i)] if topk else emb, chunks, task["question"], args)
             r["correct"] = correct(r["answer"], task["keywords"])
             row["results"][s] = r
             print(f"[{i + 1}/{len(tasks)}] {s:11s} ok={r['correct']!s:5} calls={r['calls']:3d} tokens={r['tokens']:6d} "
@@ -230,7 +270,8 @@ def main() -> None:
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(out)
-    plot(data, out.with_suffix(".png"))
+    if n_shards == 1:
+        plot(data, out.with_suffix(".png"))
     print(json.dumps(data["summary"], indent=1))
 
 
