@@ -1,0 +1,167 @@
+"""``ctxflow moa profile | search | eval``: MoA plans for a local model, from profile to quality table.
+
+    ctxflow moa profile [--model default] [--lengths 256,512,1024] [--samples 3] [--block 64] -o PROFILE.pt
+    ctxflow moa search PROFILE.pt --density 0.5 [--sinks 16] [--validate 768] -o PLAN.json
+    ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 1024] [--json OUT]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def _ints(s: str, what: str) -> list[int]:
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {s!r}") from None
+    if not v or any(x < 16 for x in v):
+        raise UserError(f"{what} must be token counts >= 16, got {s!r}")
+    return v
+
+
+def _bar(total, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def cmd_profile(args) -> int:
+    from ..llm.local import LocalLM
+    from .profile import profile, save_profile
+
+    lengths = _ints(args.lengths, "--lengths")
+    if args.samples < 1 or args.block < 8:
+        raise UserError("--samples must be >= 1 and --block >= 8")
+    llm = LocalLM(args.model, threads=args.threads)
+    bar = _bar(len(lengths) * args.samples, "profiling")
+    prof = profile(llm, lengths, args.samples, block=args.block, seed=args.seed, progress=lambda n, i, k: bar.update(1))
+    bar.close()
+    save_profile(prof, args.out, llm.model_id)
+    print(json.dumps({"profile": str(args.out), "lengths": lengths, "losses": prof["losses"]}))
+    return 0
+
+
+def validation_loss_fn(llm, length: int, n: int, seed: int = 123):
+    """A function plan -> mean NLL of the dense model's own answers to ``n`` unseen calibration
+    prompts of ``length`` tokens, under that plan."""
+    import torch
+
+    from .data import answer_with, calibration_samples
+    from .kernels import apply_plan, remove_plan
+
+    samples = answer_with(llm, calibration_samples(llm.count_tokens, length - 72, n, seed))
+    model = llm.model
+    pairs = [(llm.encode([{"role": "user", "content": s.prompt}], chat=True), llm.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:32])
+             for s in samples]
+
+    def loss(plan) -> float:
+        old = model.config._attn_implementation
+        apply_plan(model, plan)
+        try:
+            tot = []
+            with torch.inference_mode():
+                for p, a in pairs:
+                    ids = torch.tensor([p + a])
+                    h = model.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state[0]
+                    lg = model.get_output_embeddings()(h[len(p) - 1:-1]).float()
+                    tot.append(float(torch.nn.functional.cross_entropy(lg, ids[0, len(p):])))
+            return sum(tot) / len(tot)
+        finally:
+            remove_plan(model, old)
+
+    return loss
+
+
+def cmd_search(args) -> int:
+    from ..llm.local import LocalLM
+    from .profile import load_profile
+    from .rules import FULL, Plan
+    from .search import pareto_plans, pick_by_validation
+
+    if not 0 < args.density <= 1:
+        raise UserError(f"--density must be in (0, 1], got {args.density}")
+    try:
+        prof = load_profile(args.profile)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    bar = _bar(len(prof["maps"]) + 1, "solving")
+    plans = pareto_plans(prof, args.density, args.sinks, prof.get("model_id", "unknown"), args.alpha_step,
+                         progress=lambda i, k: bar.update(1))
+    bar.close()
+    if not plans:
+        raise UserError(f"no plan meets density {args.density} with {args.sinks} sinks at lengths {sorted(prof['maps'])}: raise --density or lower --sinks")
+    llm = LocalLM(args.model, cache=False, threads=args.threads)
+    loss_fn = validation_loss_fn(llm, args.validate, args.val_samples)
+    best = pick_by_validation(plans, loss_fn, args.validate)
+    dense = loss_fn(Plan.uniform(best.model_id, best.n_layers, best.n_heads, FULL, sinks=0, kind="dense"))
+    best.meta["dense_validation_loss"] = dense
+    best.save(args.out)
+    print(json.dumps({"plan": str(args.out), "density": args.density, "pareto": len(plans), "validation_length": args.validate,
+                      "validation_loss": best.validation_loss, "dense_validation_loss": dense,
+                      "mean_density": {n: best.mean_density(n) for n in sorted(prof["maps"]) + [args.validate]}}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .backend import normalize_attention
+    from .evaluate import quality_table
+    from .rules import Plan
+
+    backends: dict = {"dense": None}
+    plans = [p for p in (args.plans or "").split(",") if p]
+    dens = [float(x) for x in args.densities.split(",") if x]
+    for d, p in zip(dens, plans or [None] * len(dens)):
+        try:
+            spec = normalize_attention({"type": "moa", "plan": p} if p else {"type": "moa", "density": d})
+            sinks = Plan.load(spec["plan"]).sinks
+        except (ValueError, FileNotFoundError) as exc:
+            raise UserError(str(exc)) from None
+        backends[f"streaming_{int(d * 100)}"] = {"type": "streaming", "density": d, "sinks": sinks, "length": args.length}
+        backends[f"moa_{int(d * 100)}"] = spec
+    bar = _bar(len(backends), "backends")
+    table = quality_table(backends, args.length, args.windows, args.keys, args.threads, progress=lambda i, k, n, r: bar.update(1))
+    bar.close()
+    print(f"| backend | perplexity | vs dense | pass-key accuracy |\n|---|---|---|---|")
+    for name, r in table["rows"].items():
+        print(f"| {name} | {r['perplexity']:.3f} | {r.get('ppl_vs_dense', 0) * 100:+.2f}% | {r['retrieval_accuracy']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("moa", help="MoA sparse attention: profile a model, search plans, evaluate quality")
+    s = p.add_subparsers(dest="moa_cmd", required=True)
+    a = s.add_parser("profile", help="gradient-based attention influence per head, in blocks, at several lengths")
+    a.add_argument("--model", default="default")
+    a.add_argument("--lengths", default="256,512,1024")
+    a.add_argument("--samples", type=int, default=3, help="calibration samples per length")
+    a.add_argument("--block", type=int, default=64)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--threads", type=int, default=None)
+    a.add_argument("-o", "--out", required=True, help="profile file to write (.pt)")
+    a.set_defaults(fn=cmd_profile)
+    b = s.add_parser("search", help="one rule per head under a density budget (MILP, HiGHS), validated at an unprofiled length")
+    b.add_argument("profile")
+    b.add_argument("--density", type=float, required=True)
+    b.add_argument("--sinks", type=int, default=16)
+    b.add_argument("--alpha-step", type=int, default=64)
+    b.add_argument("--validate", type=int, default=768, help="unprofiled validation length (tokens)")
+    b.add_argument("--val-samples", type=int, default=2)
+    b.add_argument("--model", default="default")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("-o", "--out", required=True, help="plan JSON to write")
+    b.set_defaults(fn=cmd_search)
+    c = s.add_parser("eval", help="quality table: dense vs uniform streaming vs MoA (perplexity, pass-key retrieval)")
+    c.add_argument("--plans", default="", help="comma-separated plan files or bundled names (default: the bundled ones)")
+    c.add_argument("--densities", default="0.5,0.25")
+    c.add_argument("--length", type=int, default=1024)
+    c.add_argument("--windows", type=int, default=4)
+    c.add_argument("--keys", type=int, default=8)
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--json", default=None)
+    c.set_defaults(fn=cmd_eval)

@@ -1,0 +1,145 @@
+"""Profiling: how much each attention head's blocks matter to the model's own answers (MoA).
+
+For an attention row ``A_i`` and ``G = dL/dA`` (``L`` = NLL of the dense model's own answer),
+removing ``A_ij`` and renormalising the row changes the loss by about
+``-A_ij / (1 - A_ij) * (G_ij - sum_n A_in G_in)``. The absolute values are summed over
+``block x block`` tiles (per layer, per query head) and averaged over samples, giving a
+``(layers, heads, nb, nb)`` influence map per profiled length.
+
+The profile runs the model with an eager attention function registered as ``ctxflow_profile``
+whose softmax output carries a backward hook: the hook turns ``G`` into block influence at once,
+so only the tiny block map is kept. Inputs embeddings require grad (weights do not), so one
+backward pass per sample gives every layer's ``G``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .kernels import _sparse_mask, attention_modules
+
+NAME = "ctxflow_profile"
+_REGISTERED = False
+
+
+def _block_sum(x: torch.Tensor, b: int) -> torch.Tensor:
+    """(B, H, Q, K) -> (H, ceil(Q/b), ceil(K/b)) sums over tiles (and batch)."""
+    B, H, Q, K = x.shape
+    pq, pk = (-Q) % b, (-K) % b
+    x = torch.nn.functional.pad(x, (0, pk, 0, pq))
+    return x.reshape(B, H, (Q + pq) // b, b, (K + pk) // b, b).sum(dim=(0, 3, 5))
+
+
+def profile_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kw):
+    """Eager attention whose probabilities report their block influence on backward.
+    query (B, H, Q, D), key/value (B, H_kv, K, D), attention_mask (B, 1, Q, K) bool."""
+    H, G = query.shape[1], query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(G, 1)  # (B, H, K, D)
+    v = value.repeat_interleave(G, 1)
+    s = (query @ k.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)  # (B, H, Q, K)
+    if attention_mask is not None:
+        m = attention_mask[:, :, :, : k.shape[2]]
+        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
+    a = s.softmax(-1)
+    if a.requires_grad and getattr(module, "_ctxflow_block", None):
+        held = a.detach()
+        b = module._ctxflow_block
+
+        def hook(g):
+            with torch.no_grad():
+                infl = held / (1 - held).clamp(min=1e-6) * (g - (held * g).sum(-1, keepdim=True))
+                tile = _block_sum(infl.abs_(), b)  # (H, nq, nk)
+                acc = getattr(module, "_ctxflow_influence", None)
+                module._ctxflow_influence = tile if acc is None else acc + tile
+            return None
+
+        a.register_hook(hook)
+    out = a @ v  # (B, H, Q, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+
+        AttentionInterface.register(NAME, profile_attention)
+        AttentionMaskInterface.register(NAME, _sparse_mask)
+        _REGISTERED = True
+    return NAME
+
+
+def influence_one(model, prompt_ids: list[int], answer_ids: list[int], block: int) -> tuple[torch.Tensor, float]:
+    """Block influence (layers, heads, nb, nb) of one sample (prompt + answer, loss on the answer),
+    with nb = ceil(len / block), and the answer NLL."""
+    mods = attention_modules(model)
+    for m in mods:
+        m._ctxflow_block = block
+        m._ctxflow_influence = None
+    ids = torch.tensor([prompt_ids + answer_ids], device=model.device)  # (1, T)
+    T = ids.shape[1]
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # (1, T, hidden)
+    base = model.get_decoder()
+    h = base(inputs_embeds=emb, attention_mask=torch.ones_like(ids), position_ids=torch.arange(T)[None], use_cache=False).last_hidden_state
+    n_p = len(prompt_ids)
+    logits = model.get_output_embeddings()(h[0, n_p - 1: T - 1]).float()  # (A, V)
+    loss = torch.nn.functional.cross_entropy(logits, ids[0, n_p:])
+    loss.backward()
+    out = torch.stack([m._ctxflow_influence for m in mods]).cpu()  # (L, H, nb, nb)
+    for m in mods:
+        m._ctxflow_block = None
+        m._ctxflow_influence = None
+    return out, float(loss)
+
+
+def profile(llm, lengths: Sequence[int], samples_per_length: int, block: int = 64, seed: int = 0, progress=None) -> dict:
+    """Influence maps at each length: ``{N: (L, H, nb, nb) mean over samples}`` plus the samples'
+    losses. ``llm`` is a dense :class:`~ctxflow.llm.local.LocalLM` (it answers the calibration
+    prompts; its weights are then run with the profiling attention)."""
+    from .data import answer_with, calibration_samples
+
+    model = llm.model
+    old = model.config._attn_implementation
+    out = {"block": block, "lengths": list(lengths), "maps": {}, "losses": {}}
+    for n in lengths:
+        reserve = 32  # answer tokens
+        samples = answer_with(llm, calibration_samples(llm.count_tokens, n - reserve - 40, samples_per_length, seed))
+        acc, losses = None, []
+        register()
+        model.set_attn_implementation(NAME)
+        try:
+            for s in samples:
+                p = llm.encode([{"role": "user", "content": s.prompt}], chat=True)
+                a = llm.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:reserve]
+                m, loss = influence_one(model, p, a, block)
+                nb = (n + block - 1) // block
+                m = m[:, :, :nb, :nb]
+                if m.shape[-1] < nb:  # shorter sample: pad the map to the length's grid
+                    m = torch.nn.functional.pad(m, (0, nb - m.shape[-1], 0, nb - m.shape[-2]))
+                acc = m if acc is None else acc + m
+                losses.append(loss)
+                if progress:
+                    progress(n, len(losses), len(samples))
+        finally:
+            model.set_attn_implementation(old)
+        out["maps"][n] = acc / len(samples)
+        out["losses"][n] = losses
+    return out
+
+
+def save_profile(prof: dict, path: str | Path, model_id: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**prof, "model_id": model_id}, path)
+    return path
+
+
+def load_profile(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"profile {str(p)!r} not found: run `ctxflow moa profile -o {p}` first")
+    return torch.load(p, weights_only=False)

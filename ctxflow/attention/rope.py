@@ -1,0 +1,63 @@
+"""RoPE scaling (position extrapolation) on a loaded transformers model: linear interpolation,
+dynamic NTK and YaRN, through transformers' own ``rope_parameters`` (``rope_scaling`` in older
+versions) and its ``ROPE_INIT_FUNCTIONS``. Combinable with any attention backend.
+
+Spec: ``{"type": "linear" | "dynamic" | "yarn", "factor": F}`` (``F >= 1``); the model may then
+be run up to ``F x`` its trained window.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+ROPE_TYPES = ("linear", "dynamic", "yarn")
+
+
+def normalize_rope(spec: Any) -> dict[str, Any] | None:
+    """Validated ``{"type", "factor"}`` (or None for no scaling). Raises ValueError saying what is valid."""
+    if spec is None or spec in ("none", "default", {}):
+        return None
+    if isinstance(spec, str):
+        spec = {"type": spec, "factor": 2.0}
+    if not isinstance(spec, dict):
+        raise ValueError(f"rope_scaling must be a mapping like {{type: yarn, factor: 2}}, got {spec!r}")
+    unknown = set(spec) - {"type", "factor", "rope_type"}
+    if unknown:
+        raise ValueError(f"rope_scaling: unknown key(s) {sorted(unknown)}; valid keys are type and factor")
+    kind = spec.get("type", spec.get("rope_type"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling type {kind!r} is not one of {', '.join(ROPE_TYPES)}")
+    try:
+        factor = float(spec.get("factor", 2.0))
+    except (TypeError, ValueError):
+        raise ValueError(f"rope_scaling factor must be a number >= 1, got {spec.get('factor')!r}") from None
+    if not factor >= 1.0:
+        raise ValueError(f"rope_scaling factor must be a number >= 1, got {factor}")
+    return {"type": kind, "factor": factor}
+
+
+def apply_rope_scaling(model, spec: dict[str, Any]) -> int:
+    """Rebuild the model's rotary embedding for ``spec`` (see :func:`normalize_rope`); returns the
+    new usable context length (trained window x factor)."""
+    spec = normalize_rope(spec)
+    cfg = model.config
+    orig = int(cfg.max_position_embeddings)
+    if spec is None:
+        return orig
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    rot = getattr(base, "rotary_emb", None)
+    if rot is None:
+        raise ValueError(f"rope_scaling: this model ({type(model).__name__}) has no shared rotary embedding to rescale")
+    old = dict(getattr(cfg, "rope_parameters", None) or {})
+    theta = old.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    params = {**{k: v for k, v in old.items() if k in ("rope_theta", "partial_rotary_factor")},
+              "rope_theta": theta, "rope_type": spec["type"], "factor": spec["factor"]}
+    new = copy.deepcopy(cfg)
+    if spec["type"] == "yarn":
+        params["original_max_position_embeddings"] = orig
+        new.max_position_embeddings = int(orig * spec["factor"])
+    new.rope_parameters = params
+    dev = next(model.parameters()).device
+    base.rotary_emb = type(rot)(config=new).to(dev)
+    cfg.rope_parameters = params  # the (unshared) model's config says what it runs
+    return int(orig * spec["factor"])

@@ -1,0 +1,153 @@
+"""Search: one elastic rule per head under density budgets (MoA), solved as a MILP with HiGHS.
+
+For every candidate rule ``r`` (``alpha`` on a grid, ``beta`` in {0, 1/8, ..., 1}, valid at every
+profiled length) and length ``N``, the cost of giving head ``(l, h)`` rule ``r`` is the profiled
+influence mass the rule masks out: ``sum_blocks M[l, h] * (1 - keep_r)``, where ``keep_r`` is the
+share of each block's causal entries the rule keeps; costs are normalised by each length's total
+influence. The program (``scipy.optimize.milp``):
+
+    minimise   sum_N w_N sum_{l,h,r} cost[l,h,r,N] x[l,h,r]
+    subject to sum_r x[l,h,r] = 1                        (one rule per head)
+               x[l,h,r] <= y[l,r],  sum_r y[l,r] <= 2     (at most two distinct rules per layer)
+               mean_{l,h} sum_r density_r(N) x[l,h,r] <= budget    (at every profiled length)
+               x, y binary
+
+Solving it for several weightings ``w`` (each length alone, and all together) gives a Pareto set;
+:func:`pick_by_validation` keeps the plan with the lowest loss at an unprofiled length.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .rules import Plan, Rule, band_density
+
+
+def candidate_rules(lengths: Sequence[int], alpha_step: int = 64, betas: int = 8) -> list[Rule]:
+    lo, hi = -min(lengths), max(lengths)
+    out = []
+    for a in range(lo - lo % alpha_step, hi + 1, alpha_step):
+        for k in range(betas + 1):
+            r = Rule(float(a), k / betas)
+            if r.valid(lengths):
+                out.append(r)
+    return out
+
+
+def keep_fraction(rule: Rule, n: int, sinks: int, block: int) -> torch.Tensor:
+    """(nb, nb): share of each block's causal entries that ``rule`` keeps at length ``n``."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None]
+    causal = j <= i
+    keep = causal & ((j < sinks) | (i - j < rule.span(n)))
+
+    def tiles(x):
+        pad = (-n) % block
+        x = torch.nn.functional.pad(x.float(), (0, pad, 0, pad))
+        nb = x.shape[0] // block
+        return x.reshape(nb, block, nb, block).sum((1, 3))
+
+    c = tiles(causal)
+    return torch.where(c > 0, tiles(keep) / c.clamp(min=1), torch.ones_like(c))
+
+
+def cost_table(maps: dict[int, torch.Tensor], rules: list[Rule], sinks: int, block: int) -> dict[int, np.ndarray]:
+    """{N: (L, H, R)} normalised masked-out influence."""
+    out = {}
+    for n, m in maps.items():
+        m = m.double()  # (L, H, nb, nb)
+        total = float(m.sum())
+        cols = []
+        for r in rules:
+            lost = 1 - keep_fraction(r, n, sinks, block).double()  # (nb, nb)
+            cols.append((m * lost).sum((-1, -2)))  # (L, H)
+        out[n] = (torch.stack(cols, -1) / max(total, 1e-12)).numpy()
+    return out
+
+
+def solve(costs: dict[int, np.ndarray], rules: list[Rule], sinks: int, budget: float, weights: dict[int, float],
+          max_rules_per_layer: int = 2, time_limit: float = 60.0) -> list[list[Rule]] | None:
+    """One MILP solve; returns rules[layer][head] or None when infeasible."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    lengths = sorted(costs)
+    L, H, R = costs[lengths[0]].shape
+    nx, ny = L * H * R, L * R
+    c = np.zeros(nx + ny)
+    for n in lengths:
+        c[:nx] += weights.get(n, 0.0) * costs[n].reshape(-1)
+    xi = lambda l, h, r: (l * H + h) * R + r  # noqa: E731
+    yi = lambda l, r: nx + l * R + r  # noqa: E731
+    rows, cols, vals, lo, hi = [], [], [], [], []
+    k = 0
+    for l in range(L):
+        for h in range(H):  # one rule per head
+            for r in range(R):
+                rows.append(k); cols.append(xi(l, h, r)); vals.append(1.0)
+            lo.append(1); hi.append(1); k += 1
+    for l in range(L):
+        for h in range(H):  # x <= y
+            for r in range(R):
+                rows += [k, k]; cols += [xi(l, h, r), yi(l, r)]; vals += [1.0, -1.0]
+                lo.append(-np.inf); hi.append(0); k += 1
+    for l in range(L):  # at most two distinct rules per layer
+        for r in range(R):
+            rows.append(k); cols.append(yi(l, r)); vals.append(1.0)
+        lo.append(0); hi.append(max_rules_per_layer); k += 1
+    for n in lengths:  # density budget at each length
+        d = np.array([band_density(r.span(n), n, sinks) for r in rules])
+        for l in range(L):
+            for h in range(H):
+                for r in range(R):
+                    rows.append(k); cols.append(xi(l, h, r)); vals.append(d[r] / (L * H))
+        lo.append(-np.inf); hi.append(budget); k += 1
+    A = coo_matrix((vals, (rows, cols)), shape=(k, nx + ny)).tocsr()
+    res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(nx + ny), bounds=Bounds(0, 1),
+               options={"time_limit": time_limit, "mip_rel_gap": 1e-3, "disp": False})
+    if res.x is None:
+        return None
+    x = res.x[:nx].reshape(L, H, R)
+    return [[rules[int(np.argmax(x[l, h]))] for h in range(H)] for l in range(L)]
+
+
+def pareto_plans(prof: dict, budget: float, sinks: int, model_id: str, alpha_step: int = 64, progress=None) -> list[Plan]:
+    """Plans for each weighting of the profiled lengths (each alone, then all equally), deduplicated."""
+    maps, block = prof["maps"], prof["block"]
+    lengths = sorted(maps)
+    rules = candidate_rules(lengths, alpha_step)
+    costs = cost_table(maps, rules, sinks, block)
+    weightings = [{n: 1.0 for n in lengths}] + [{n: 1.0 if n == m else 1e-3 for n in lengths} for m in lengths]
+    plans, seen = [], set()
+    for i, w in enumerate(weightings):
+        sol = solve(costs, rules, sinks, budget, w)
+        if progress:
+            progress(i + 1, len(weightings))
+        if sol is None:
+            continue
+        key = tuple((r.alpha, r.beta) for layer in sol for r in layer)
+        if key in seen:
+            continue
+        seen.add(key)
+        plans.append(Plan(model_id, sol, sinks=sinks, block_size=block, density=budget, profiled_lengths=lengths,
+                          meta={"weights": {str(k): v for k, v in w.items()}, "n_candidates": len(rules),
+                                "profiled_cost": {str(n): float(sum(costs[n][l, h, rules.index(sol[l][h])]
+                                                                    for l in range(len(sol)) for h in range(len(sol[0]))))
+                                                  for n in lengths}}))
+    return plans
+
+
+def pick_by_validation(plans: list[Plan], loss_fn: Callable[[Plan], float], length: int) -> Plan:
+    """The plan with the lowest validation loss (``loss_fn``) at the unprofiled ``length``."""
+    best = None
+    for p in plans:
+        p.validation_length = length
+        p.validation_loss = float(loss_fn(p))
+        p.meta.setdefault("candidates", [])
+        if best is None or p.validation_loss < best.validation_loss:
+            best = p
+    assert best is not None, "no feasible plan"
+    best.meta["pareto_validation_losses"] = [q.validation_loss for q in plans]
+    return best
