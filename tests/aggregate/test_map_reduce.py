@@ -123,3 +123,18 @@ def test_no_chunks_and_bad_params():
         MapReduce(llm=llm, map_prompt="no slots")
     with pytest.raises(UserError):
         MapReduce(llm=llm).run(chunks=[], question="  ")
+
+
+def test_budgets_follow_the_models_context_and_summary_mode_keeps_everything():
+    """The budgets are the model's context minus the prompt and the answer: a longer context
+    gives bigger budgets and fewer collapse calls; summary mode drops no passage."""
+    chunks = _chunks(12, secret_at=3)
+    traces = {}
+    for ctx in (120, 400):
+        llm = ScriptedLLM(lambda p, n: " ".join(["fact"] * n), context=ctx)
+        t = MapReduce(llm=llm, mode="summary", map_tokens=20, collapse_tokens=20, max_new_tokens=10).run(chunks=chunks)["answer"].trace
+        assert all(llm.prompt_tokens(p) + 20 <= ctx for p in llm.prompts)
+        assert t["chunks_relevant"] == len(chunks)  # nothing dropped in summary mode
+        traces[ctx] = t
+    assert traces[400]["budgets"]["combine"] - traces[120]["budgets"]["combine"] == 280
+    assert traces[400]["calls"] < traces[120]["calls"]
