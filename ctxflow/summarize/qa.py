@@ -6,8 +6,8 @@
   ``ctxflow/graph/spec.py``), ``meta["line"]``/``meta["end_line"]`` its lines.
 * ``code.answer`` — puts the best chunks, each headed ``path:line-end (kind name)``, into one
   prompt under the model's budget and answers. Its citations are those chunks with exact file
-  offsets and line numbers, ordered by retrieval rank, a chunk whose path or name the answer
-  mentions first. The answer text ends with the top citation's ``path:line`` so even a weak
+  offsets and line numbers: those whose function/class (then file) the answer names first, then
+  by retrieval score, a definition before a module block at equal scores. The answer text ends with the top citation's ``path:line`` so even a weak
   model's answer says where to look.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..graph.component import Component, LLMRef, component
 from ..types import Answer, Chunk, Citation
 from .code import language_of, rel_display
+from .fold import clean
 from .walk import walk_codebase
 
 PROMPT = (
@@ -95,15 +96,23 @@ class CodeAnswer(Component):
             blocks.append(block)
             spent += n
         gen = llm.generate([self.prompt.format(context="\n\n".join(blocks), question=question)], max_new_tokens=self.max_new_tokens)[0]  # type: ignore[union-attr]
-        text = gen.text.strip()
+        text = clean(gen.text, max_sentences=4) or gen.text.strip()
         low = text.lower()
 
-        def mentioned(c: Chunk) -> bool:
-            name = str(c.meta.get("name") or "").rsplit(".", 1)[-1]
+        def mention(c: Chunk) -> int:
+            """0: the answer names the chunk's function or class; 1: only its file; 2: neither."""
+            name = str(c.meta.get("name") or "").rsplit(".", 1)[-1] if c.meta.get("kind") != "module" else ""
             base_name = str(c.meta.get("path", "")).rsplit("/", 1)[-1]
-            return bool((name and re.search(rf"\b{re.escape(name.lower())}\b", low)) or (base_name and base_name.lower() in low))
+            if name and re.search(rf"\b{re.escape(name.lower())}\b", low):
+                return 0
+            return 1 if base_name and base_name.lower() in low else 2
 
-        ranked = sorted(range(len(used)), key=lambda i: (not mentioned(used[i][0]), i))
+        def specific(c: Chunk) -> int:
+            return 0 if c.meta.get("kind") in ("function", "method", "class") else 1
+
+        # named by the answer first; then retrieval score; at equal scores a definition before a
+        # module/block chunk (the more precise place); then retrieval order
+        ranked = sorted(range(len(used)), key=lambda i: (mention(used[i][0]), -(used[i][1] or 0.0), specific(used[i][0]), i))
         citations = []
         for i in ranked:
             c, s = used[i]
