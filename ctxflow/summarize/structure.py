@@ -83,11 +83,9 @@ def _named_headings(text: str) -> list[_Head]:
             t = ln.strip()
             if (s > first and s not in known and t and ln[:1] not in (" ", "\t") and len(t) <= 80
                     and re.search(r"[A-Za-z]", t) and not re.match(r"^[\W_]+$", t)):
-                level = max(h.level for h in heads if h.start < s) + 1 if any(h.start < s for h in heads) else 1
-                # the level of the division this line falls in, plus one
+                # one level below the named division this line falls in
                 owner = [h for h in heads if h.start < s and h.start in known]
-                level = (owner[-1].level + 1) if owner else level
-                heads.append(_Head(s, e, level, t))
+                heads.append(_Head(s, e, owner[-1].level + 1 if owner else 1, t))
         heads.sort(key=lambda h: h.start)
     return heads
 
