@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU node (then each actor takes --gpus-per-actor)")
+    ap.add_argument("--gpus-per-actor", type=float, default=0.0)
+    ap.add_argument("--cpus-per-actor", type=float, default=1.0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "executors.json"))
     args = ap.parse_args()
 
@@ -48,7 +51,7 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0))
     text = (ROOT / "examples" / "data" / "jargon.txt").read_text(encoding="utf-8")
-    llm, emb = LocalLM(cache=False), STEmbedder()
+    llm, emb = LocalLM(cache=False, device=args.device), STEmbedder(device=args.device)
     t = time.perf_counter()
     llm.warm_up(), emb.warm_up()
     load_local = time.perf_counter() - t
@@ -62,7 +65,8 @@ def main() -> None:
     t = time.perf_counter()
     os.environ.setdefault("RAY_worker_niceness", "0")  # Ray's default nice 15 would starve the actors on a shared machine
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
-    remote = make_executor({"type": "ray", "address": "local", "actors": args.actors})
+    remote = make_executor({"type": "ray", "address": "local", "actors": args.actors,
+                            "cpus_per_actor": args.cpus_per_actor, "gpus_per_actor": args.gpus_per_actor})
     remote.map_generate(llm, ["Say hi."] * args.actors, max_new_tokens=2)  # start actors, load the LLM there
     remote.map_embed(emb, ["warm up"] * args.actors)
     load_ray = time.perf_counter() - t
@@ -94,7 +98,8 @@ def main() -> None:
                llm.prompt_tokens(p) for p in prompts), 1), "embed_texts": len(texts), "rounds": args.rounds,
                "model": llm.model_id, "embedder": emb.model_id},
            "setup": {"local": {"processes": 1, "torch_threads": torch.get_num_threads()},
-                     "ray": {"actors": args.actors, "cpus_per_actor": 1, "torch_threads_per_actor": 1}},
+                     "ray": {"actors": args.actors, "cpus_per_actor": args.cpus_per_actor, "gpus_per_actor": args.gpus_per_actor,
+                             "torch_threads_per_actor": max(1, round(args.cpus_per_actor))}, "device": args.device},
            "load_seconds": {"local_models": round(load_local, 2), "ray_start_and_actor_models": round(load_ray, 2)},
            "results": {}, "same_greedy_outputs": outs["local"] == outs["ray"],
            "corpus_facts": {"jargon_chars": len(text), "jargon_tokens": llm.count_tokens(text),

@@ -16,7 +16,8 @@ from ctxflow.llm.http import HTTPLLM, LLMServerError
 
 from .conftest import Served
 
-PROMPTS = ["What is the capital of France?", "Name a colour of the sky."]
+PROMPTS = {True: ["What is the capital of France?", "Name a colour of the sky."],  # chat messages
+           False: ["The capital of France is", "Once upon a time, in a small village,"]}  # raw text to continue
 
 
 def _free_port() -> int:
@@ -36,8 +37,8 @@ def test_models_endpoint_and_context(served):
 @pytest.mark.parametrize("chat", [True, False])
 def test_completions_equal_the_local_model(served, llm, chat):
     client = HTTPLLM(served.url + "/v1", model="default", max_concurrency=2)
-    got = client.generate(PROMPTS, max_new_tokens=12, temperature=0.0, chat=chat)
-    want = llm.generate(PROMPTS, max_new_tokens=12, temperature=0.0, chat=chat)
+    got = client.generate(PROMPTS[chat], max_new_tokens=12, temperature=0.0, chat=chat)
+    want = llm.generate(PROMPTS[chat], max_new_tokens=12, temperature=0.0, chat=chat)
     assert [g.text for g in got] == [w.text for w in want]
     assert all(g.text.strip() for g in got)
     assert [g.n_tokens for g in got] == [w.n_tokens for w in want]
@@ -48,8 +49,9 @@ def test_completions_equal_the_local_model(served, llm, chat):
 def test_streaming_gives_the_same_text_in_pieces(served, chat):
     client = HTTPLLM(served.url, model="default")
     pieces: list[str] = []
-    g = client.generate_stream("Write one sentence about cats.", pieces.append, max_new_tokens=20, temperature=0.0, chat=chat)
-    whole = client.generate(["Write one sentence about cats."], max_new_tokens=20, temperature=0.0, chat=chat)[0]
+    prompt = "Write one sentence about cats." if chat else "Cats are small animals that"
+    g = client.generate_stream(prompt, pieces.append, max_new_tokens=20, temperature=0.0, chat=chat)
+    whole = client.generate([prompt], max_new_tokens=20, temperature=0.0, chat=chat)[0]
     assert len(pieces) > 3 and "".join(pieces) == g.text == whole.text
     assert g.finish_reason == whole.finish_reason
 
