@@ -95,7 +95,9 @@ class LocalLM(LLM):
         self.model_name = model
         self.max_context = max_context
         self.dtype = dtype
-        self.device = device
+        # CTXFLOW_DEVICE moves models declared on the default "cpu" (e.g. a YAML recipe) to another
+        # device without editing the recipe (benchmarks on a GPU machine)
+        self.device = os.environ.get("CTXFLOW_DEVICE", device) if device == "cpu" else device
         self.batch_tokens = batch_tokens
         self.cache = cache
         self.threads = threads

@@ -163,7 +163,9 @@ class MemRecall(Component):
                              for i in z]}
 
     def _prior(self, blocks: list[Chunk], candidates: list[Scored[Chunk]] | None) -> np.ndarray:
-        """Reciprocal-rank prior from a bank's hits: a block inside the hit of rank r gets 1/(1+r)."""
+        """Reciprocal-rank prior from a bank's hits: a block inside the hit of rank r gets 1/(1+r).
+        Kept on that 0..1 scale (not standardised): a hit is a whole chunk, coarser evidence than a
+        block's own match, so it breaks ties rather than outvoting an exact match."""
         out = np.zeros(len(blocks))
         if not candidates:
             return out
@@ -172,4 +174,4 @@ class MemRecall(Component):
             for i, b in enumerate(blocks):
                 if b.doc_id == c.doc_id and b.start < c.end and c.start < b.end:
                     out[i] = max(out[i], 1.0 / (1.0 + r))
-        return zscore(out)
+        return out
