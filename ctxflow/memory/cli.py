@@ -1,7 +1,7 @@
 """Command-line side of the stores: ``ctxflow index`` and the search behind ``ctxflow ask --store``.
 
     ctxflow index PATH... --store DIR [--bank knn|cosine|bm25|hybrid|graph|triples]
-                  [--chunker sentences] [--size 128] [--quiet]
+                  [--chunker sentences] [--size 128] [--extractor rules|llm|both] [--quiet]
 
 Files and folders (walked recursively, hidden entries skipped) are read as UTF-8 (invalid bytes
 replaced and reported; binary and empty files skipped and reported), chunked with
@@ -55,7 +55,7 @@ def default_embedder() -> Any:
     return STEmbedder()
 
 
-def new_bank(bank: str, embedder: Any, llm: Any, store: str) -> Any:
+def new_bank(bank: str, embedder: Any, llm: Any, store: str, extractor: str | None = None) -> Any:
     from . import BM25Bank, CosineBank, GraphBank, HybridBank, KnnBank, TripleStore
 
     if bank == "knn":
@@ -66,13 +66,14 @@ def new_bank(bank: str, embedder: Any, llm: Any, store: str) -> Any:
         return HybridBank(embedder)
     if bank == "bm25":
         return BM25Bank()
+    extractor = extractor or ("both" if llm is not None else "rules")
     if bank == "graph":
-        return GraphBank(llm=llm, embedder=embedder, extractor="llm" if llm is not None else "rules")
-    return TripleStore(store, embedder=embedder, llm=llm, extractor="llm" if llm is not None else "rules")
+        return GraphBank(llm=llm, embedder=embedder, extractor=extractor)
+    return TripleStore(store, embedder=embedder, llm=llm, extractor=extractor)
 
 
 def index_main(paths: list[str], store: str, bank: str | None = None, chunker: str = "sentences", size: int = 128,
-               embedder: Any = None, llm: Any = None, quiet: bool = False, stream: Any = None) -> int:
+               embedder: Any = None, llm: Any = None, quiet: bool = False, stream: Any = None, extractor: str | None = None) -> int:
     """Index ``paths`` into the store ``store`` (created or appended to). Returns the exit status."""
     from tqdm import tqdm
 
@@ -97,7 +98,7 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
                             f"or choose a new store folder for a {bank!r} bank.")
         if embedder is None and kind in _EMBEDDED and not exists:
             embedder = default_embedder()
-        b = open_store(sp, embedder=embedder, llm=llm) if exists else new_bank(kind, embedder, llm, store)
+        b = open_store(sp, embedder=embedder, llm=llm) if exists else new_bank(kind, embedder, llm, store, extractor)
         by_doc: dict[str, list[str]] = {}
         for cid in (b.ids() if hasattr(b, "ids") else []):
             by_doc.setdefault(cid.rsplit("#", 1)[0], []).append(cid)
@@ -224,7 +225,15 @@ def ask_store(args: argparse.Namespace, llm: Any = None, embedder: Any = None, k
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    return index_main(args.paths, args.store, bank=args.bank, chunker=args.chunker, size=args.size, quiet=args.quiet)
+    llm = None
+    if getattr(args, "extractor", "rules") != "rules":
+        if args.bank not in ("graph", "triples"):
+            raise UserError(f"--extractor {args.extractor} applies to graph and triples stores; add --bank graph or --bank triples.")
+        from ..llm.local import LocalLM
+
+        llm = LocalLM()
+    return index_main(args.paths, args.store, bank=args.bank, chunker=args.chunker, size=args.size, quiet=args.quiet, llm=llm,
+                      extractor=args.extractor)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -236,6 +245,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--bank", "-b", choices=BANK_CHOICES, default=None, help="bank type of a new store (default: knn)")
     p.add_argument("--chunker", default="sentences", help="chunker kind: sentences, tokens, recursive, code, markdown")
     p.add_argument("--size", type=int, default=128, help="chunk size in tokens (default 128)")
+    p.add_argument("--extractor", choices=("rules", "llm", "both"), default="rules",
+                   help="graph/triples stores: facts from deterministic rules (default), the local LLM, or both")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_index)
     return p

@@ -68,3 +68,9 @@ def test_ask_graph_store_cites_facts(source, tmp_path, capsys, llm, embedder):
     assert any("heinlein" in f.lower() for f in facts)
     for c in out["citations"]:
         assert _file_text(c["path"])[c["start"]:c["end"]] == c["text"]
+
+
+def test_index_extractor_needs_a_fact_bank(source, tmp_path, capsys):
+    assert main(["index", str(source / "grok.txt"), "--store", str(tmp_path / "s"), "--extractor", "llm", "--quiet"]) == 2
+    assert "--bank graph" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "manifest.json").exists()
