@@ -66,7 +66,20 @@ def test_answer_tokens_are_events_only_when_someone_listens():
 
 def test_ask_stream_prints_tokens_then_citations(capsys, tmp_path):
     doc = tmp_path / "doc.txt"
-    doc.write_text(DATA.read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    doc.write_text(DATA.read_text(encoding="utf-8")[:2500], encoding="utf-8")
+    pipe = tmp_path / "qa.yaml"  # a small retrieve-then-stuff pipeline: aggregate.stuff streams its answer
+    pipe.write_text("""version: 1
+models:
+  llm: {type: local, model: default, cache: false}
+  embed: {type: sentence-transformers, model: default}
+components:
+  chunk: {type: chunk.tokens, size: 128, overlap: 0, llm: llm}
+  bank: {type: memory.cosine, embedder: embed, top_k: 2}
+  answer: {type: aggregate.stuff, llm: llm, max_new_tokens: 24}
+connections: [chunk.chunks -> bank.chunks, bank.hits -> answer.chunks]
+inputs: {document: chunk.text, question: [bank.query, answer.question]}
+outputs: {answer: answer.answer}
+""", encoding="utf-8")
     printed: list[str] = []
     orig = TokenPrinter.__call__
 
@@ -77,7 +90,7 @@ def test_ask_stream_prints_tokens_then_citations(capsys, tmp_path):
 
     TokenPrinter.__call__ = spy
     try:
-        assert main(["ask", str(doc), "What does grok mean?", "--stream", "-q"]) == 0
+        assert main(["ask", str(doc), "What does grok mean?", "--stream", "-q", "--pipeline", str(pipe)]) == 0
     finally:
         TokenPrinter.__call__ = orig
     out = capsys.readouterr().out
