@@ -29,7 +29,7 @@ def block_tables(spans: torch.Tensor, sinks: int, n: int, block: int = 128):
     causal_any = klo <= qhi  # (nb, nb)
     causal_full = khi <= qlo
     near = torch.clamp(qlo - khi, min=0)  # smallest distance in the block
-    far = qhi - klo  # largest distance in the block
+    far = qhi - torch.clamp(klo, min=sinks)  # largest distance to a non-sink key of the block
     any_ = causal_any & ((klo < sinks) | (near < s))  # (H, nb, nb)
     full = causal_full & ((khi < sinks) | (far < s))
     return any_, full & any_

@@ -93,7 +93,7 @@ def influence_one(model, prompt_ids: list[int], answer_ids: list[int], block: in
     for m in mods:
         m._ctxflow_block = None
         m._ctxflow_influence = None
-    return out, float(loss)
+    return out, float(loss.detach())
 
 
 def profile(llm, lengths: Sequence[int], samples_per_length: int, block: int = 64, seed: int = 0, progress=None) -> dict:

@@ -1,0 +1,72 @@
+"""The attention= and rope_scaling= options of LocalLM on the real default model."""
+import pytest
+import torch
+
+from ctxflow.attention.rules import FULL, Plan, Rule
+from ctxflow.graph.spec import dumps, loads
+from ctxflow.llm.local import LocalLM
+
+PROMPTS = ["Name a primary colour.", "Write one sentence about the sea, then stop. Keep it short and simple please."]
+
+
+@pytest.fixture(scope="module")
+def full_plan(tmp_path_factory, llm):
+    cfg = llm.model.config
+    p = Plan.uniform(llm.model_id, cfg.num_hidden_layers, cfg.num_attention_heads, FULL, sinks=4, kind="moa")
+    return str(p.save(tmp_path_factory.mktemp("plans") / "full.json"))
+
+
+def test_full_window_generation_equals_dense_token_for_token(llm, full_plan):
+    dense = LocalLM(cache=False)
+    moa = LocalLM(cache=False, attention={"type": "moa", "plan": full_plan})
+    assert moa.model is not dense.model and moa.model.config._attn_implementation == "ctxflow_sparse"
+    a = dense.generate(PROMPTS, max_new_tokens=8)  # one left-padded batch
+    b = moa.generate(PROMPTS, max_new_tokens=8)
+    assert [g.text for g in a] == [g.text for g in b]
+    assert [g.n_tokens for g in a] == [g.n_tokens for g in b] and all(g.n_tokens > 0 for g in a)
+
+
+def test_narrow_windows_are_causal_and_change_far_predictions(llm):
+    s = LocalLM(cache=False, attention={"type": "streaming", "density": 0.1, "sinks": 2})
+    ids = s.encode("The quick brown fox jumps over the lazy dog. " * 12)  # ~120 tokens
+    x = torch.tensor([ids])
+    y = x.clone()
+    y[0, -1] = (y[0, -1] + 7) % 1000
+    lx, _ = s.forward(x, use_cache=False)
+    ly, _ = s.forward(y, use_cache=False)
+    assert torch.allclose(lx[0, :-1], ly[0, :-1], atol=1e-4)  # causal masking kept
+    ld, _ = LocalLM(cache=False).forward(x, use_cache=False)
+    assert torch.allclose(lx[0, :8], ld[0, :8], atol=1e-3)  # near the start the window holds everything
+    assert (lx[0, -1] - ld[0, -1]).abs().max() > 1e-2  # far tokens were dropped
+
+
+def test_yaml_attention_and_rope_dump_back():
+    text = """version: 1
+models:
+  llm: {type: local, model: default, attention: {type: streaming, density: 0.25, sinks: 16}, rope_scaling: {type: yarn, factor: 2}}
+components:
+  chunk: {type: chunk.recursive, size: 128, llm: llm}
+inputs: {document: chunk.text}
+"""
+    p = loads(text)
+    m = p.models["llm"]
+    assert m.attention == {"type": "streaming", "density": 0.25, "sinks": 16}
+    assert m.rope_scaling == {"type": "yarn", "factor": 2.0}
+    assert "attention" in dumps(p) and m.spec()["rope_scaling"]["type"] == "yarn"
+    assert "+streaming-0.25-s16+rope-yarn-2" in m.model_id  # LLM-call cache keys stay apart
+    with pytest.raises(Exception, match="attention type 'sparse' is not one of dense, streaming, moa"):
+        loads(text.replace("type: streaming", "type: sparse"))
+
+
+def test_rope_scaling_extends_context():
+    m = LocalLM(cache=False, rope_scaling={"type": "linear", "factor": 2})
+    assert m.context_length == 16384
+    assert m.model.model.rotary_emb.rope_type == "linear"
+    with pytest.raises(ValueError, match="factor must be a number >= 1"):
+        LocalLM(rope_scaling={"type": "linear", "factor": 0.5})
+
+
+def test_plan_for_another_model_is_refused(tmp_path):
+    p = Plan("other", [[Rule(0, 1)] * 4] * 2).save(tmp_path / "p.json")
+    with pytest.raises(ValueError, match="2 layers x 4 heads"):
+        LocalLM(cache=False, attention=str(p)).warm_up()
