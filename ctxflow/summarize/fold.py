@@ -19,17 +19,36 @@ from typing import Any, Callable
 from ..errors import ContextOverflowError
 from ..events import progress
 
-_SENT = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
+_SENT = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+|\n+")
+_WORD = re.compile(r"\S+")
 _WS = re.compile(r"\s+")
 
 
+def _cut_phrase_loop(text: str, n: int = 6) -> str:
+    """``text`` up to where a run of ``n`` words starts repeating an earlier run (a loop), ended at
+    the last full sentence before that point when there is one."""
+    words = list(_WORD.finditer(text))
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(words) - n + 1):
+        gram = tuple(re.sub(r"\W+", "", w.group(0).lower()) for w in words[i:i + n])
+        if gram in seen:
+            head = text[: words[i].start()].rstrip()
+            end = max(head.rfind(". "), head.rfind("! "), head.rfind("? "), -1)
+            if head.endswith((".", "!", "?")):
+                return head
+            return head[: end + 1] if end > len(head) // 3 else head.rstrip(",;:") + "..."
+        seen.add(gram)
+    return text
+
+
 def clean(text: str, max_sentences: int = 8) -> str:
-    """The model's text with repeated sentences, empty lines and chat leftovers removed."""
+    """The model's text without loops: repeated sentences and repeated phrases are cut, blank
+    lines and chat leftovers removed."""
     text = text.replace("<|im_end|>", "").strip()
     out: list[str] = []
     seen: set[str] = set()
-    for m in _SENT.finditer(text):
-        s = _WS.sub(" ", m.group(0)).strip()
+    for part in _SENT.split(text):
+        s = _WS.sub(" ", part).strip()
         key = re.sub(r"\W+", " ", s.lower()).strip()
         if not key or len(key) < 3:
             continue
@@ -39,7 +58,7 @@ def clean(text: str, max_sentences: int = 8) -> str:
         out.append(s)
         if len(out) >= max_sentences:
             break
-    return " ".join(out).strip()
+    return _cut_phrase_loop(" ".join(out).strip())
 
 
 class Summarizer:
