@@ -1,9 +1,11 @@
 """CogLTX blocks: a text cut into small units on sentence boundaries, each at most ``size`` tokens.
 
-A sentence that fits is one block. A longer one is cut at its line breaks first (records, lists,
+Consecutive whole sentences are packed into a block up to ``size`` tokens, across paragraph
+breaks (as CogLTX does: a dictionary headword and its first sense often sit in separate short
+paragraphs). A sentence longer than ``size`` is cut at its line breaks first (records, lists,
 tables and code put one item per line), then at clause marks, then between words, then between
-tokens — never inside a token. Blocks are not merged back together: one block holds one idea,
-which is what a small model reads best. Offsets are exact: ``text[b.start:b.end] == b.text``.
+tokens — never inside a token — and its pieces are NOT packed back together: the text's own
+line structure is kept, so one record line is one block (what a small model reads best). Offsets are exact: ``text[b.start:b.end] == b.text``.
 """
 from __future__ import annotations
 
@@ -23,9 +25,22 @@ def make_blocks(text: str, size: int = 63, llm: Any = None, doc_id: str = "") ->
         return []
     counter = TokenCounter(llm)
     p = counter.pieces(text)
-    ranges = []
+    ranges: list[tuple[int, int]] = []
+    group: tuple[int, int] | None = None  # consecutive whole sentences packed so far
     for s, e in split_sentences(text):
-        ranges.extend(split_units(p, s, e, size, SEPARATORS))
+        if p.tokens(s, e) > size:  # an over-long sentence: its pieces stay apart
+            if group:
+                ranges.append(group)
+            group = None
+            ranges.extend(split_units(p, s, e, size, SEPARATORS))
+        elif group and p.tokens(group[0], e) <= size:
+            group = (group[0], e)
+        else:
+            if group:
+                ranges.append(group)
+            group = (s, e)
+    if group:
+        ranges.append(group)
     return build_chunks(text, ranges, counter, p, doc_id=doc_id, size=size)
 
 

@@ -21,7 +21,10 @@ def test_blocks_exact_small_and_line_aware():
         bs = make_blocks(PROSE, size)
         assert bs and all(PROSE[b.start:b.end] == b.text and b.n_tokens <= size for b in bs)
         assert [b.start for b in bs] == sorted(b.start for b in bs)
-    assert make_blocks(PROSE, 63)[0].text == "The kettle boiled at noon."
+    assert make_blocks(PROSE, 8)[0].text == "The kettle boiled at noon."
+    # whole sentences are packed up to the size
+    assert [b.text for b in make_blocks("One two. Three four.\n\nFive six.", 63)] == ["One two. Three four.\n\nFive six."]
+    assert [b.text for b in make_blocks("One two. Three four.\n\nFive six.", 5)] == ["One two. Three four.", "Five six."]
     (ex,) = make_lines_task(30, 1, seed=0)
     lines = ex.document.split("\n")
     assert [b.text for b in make_blocks(ex.document, 63)] == lines  # one record line per block
