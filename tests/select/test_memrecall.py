@@ -24,7 +24,7 @@ def test_blocks_exact_small_and_line_aware():
     assert make_blocks(PROSE, 8)[0].text == "The kettle boiled at noon."
     # whole sentences are packed up to the size
     assert [b.text for b in make_blocks("One two. Three four.\n\nFive six.", 63)] == ["One two. Three four.\n\nFive six."]
-    assert [b.text for b in make_blocks("One two. Three four.\n\nFive six.", 5)] == ["One two. Three four.", "Five six."]
+    assert [b.text for b in make_blocks("One two. Three four.\n\nFive six.", 6)] == ["One two. Three four.", "Five six."]
     (ex,) = make_lines_task(30, 1, seed=0)
     lines = ex.document.split("\n")
     assert [b.text for b in make_blocks(ex.document, 63)] == lines  # one record line per block
