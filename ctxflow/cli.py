@@ -223,7 +223,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False))
     elif printer is not None and printer.printed:  # the text is out already: end its line, then the citations
         print()
-        print_answer(ans, text=False)
+        print_answer(ans, sys.stdout, text=False)
     else:
         print_answer(ans)
     return 0
