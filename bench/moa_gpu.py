@@ -245,6 +245,35 @@ def own_decode_step(model, caches, tok, pos, logits_out=None):
     return logits.argmax(-1)
 
 
+def part_loopcheck(dev):
+    """Own decode loop vs transformers' forward in float32 (4 layers of the 8B shape, dense cache)."""
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    cfg = llama_config(False)
+    cfg.num_hidden_layers = 4
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).eval()
+    Bc, Pc = 2, 300
+    with torch.inference_mode():
+        ks = [torch.randn(Bc, HKV, Pc, D, device=dev) for _ in range(8)]
+        pkv = DynamicCache(config=cfg)
+        for li in range(4):
+            pkv.update(ks[2 * li].clone(), ks[2 * li + 1].clone(), li)
+        tok = torch.randint(0, cfg.vocab_size, (Bc,), device=dev)
+        ref = model(input_ids=tok[:, None], past_key_values=pkv, position_ids=torch.full((Bc, 1), Pc, device=dev, dtype=torch.long)).logits[:, -1].float()
+        caches = []
+        for li in range(4):
+            c = cache_m.SparseLayerCache([Pc + 1] * HKV, SINKS, Bc, D, H, torch.float32, dev)
+            c.prefill(ks[2 * li], ks[2 * li + 1])
+            caches.append(c)
+        got = []
+        own_decode_step(model, caches, tok, Pc, got)
+    e = rel(got[0], ref)
+    print("own loop vs HF logits, float32, 4 layers: rel err", e)
+    return {"own_loop_vs_hf_logits_rel_err_fp32_4layers": e}
+
+
 def per_seq_bytes(caps_per_layer):
     return sum(sum(c) for c in caps_per_layer) * D * 2 * 2  # K and V, bf16
 
@@ -393,6 +422,9 @@ def main():
         save()
     if "decode" in parts:
         RES["decode_attention"] = [part_decode(dev, args.small, n, b) for n, b in (((1024, 2),) if args.small else ((32768, 8), (8192, 32)))]
+        save()
+    if "loopcheck" in parts:
+        RES["loopcheck"] = part_loopcheck(dev)
         save()
     if "e2e" in parts:
         RES["e2e"] = part_e2e(dev, args.small, args.prompt, args.steps)

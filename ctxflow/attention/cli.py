@@ -88,6 +88,12 @@ def cmd_search(args) -> int:
         prof = load_profile(args.profile)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
+    if args.lengths:
+        keep = _ints(args.lengths, "--lengths")
+        missing = [n for n in keep if n not in prof["maps"]]
+        if missing:
+            raise UserError(f"--lengths {missing} were not profiled; the profile has {sorted(prof['maps'])}")
+        prof["maps"] = {n: prof["maps"][n] for n in keep}
     bar = _bar(len(prof["maps"]) + 1, "solving")
     plans = pareto_plans(prof, args.density, args.sinks, prof.get("model_id", "unknown"), args.alpha_step,
                          progress=lambda i, k: bar.update(1))
@@ -150,6 +156,7 @@ def register(sub) -> None:
     b.add_argument("--density", type=float, required=True)
     b.add_argument("--sinks", type=int, default=16)
     b.add_argument("--alpha-step", type=int, default=64)
+    b.add_argument("--lengths", default="", help="use only these profiled lengths (default: all)")
     b.add_argument("--validate", type=int, default=768, help="unprofiled validation length (tokens)")
     b.add_argument("--val-samples", type=int, default=2)
     b.add_argument("--model", default="default")
