@@ -247,6 +247,8 @@ def main() -> None:
     only = [s for s in args.only.split(",") if s]
     data = {"config": {"model": llm.model_id, "window": args.window, "doc_tokens": n_tokens, "chunk_tokens": args.chunk,
                        "top_k": args.top_k, "new_tokens": args.new_tokens, "map_tokens": args.map_tokens, "seed": args.seed,
+                       "calls_note": "LLM calls = prompts sent; PCW is one grey-box generation; NBCE one batched generation "
+                                     "whose rows (no-context row + one per context) are counted as prompts",
                        "threads": args.threads, "tasks": args.tasks, "device": args.device, "topk_precomputed": bool(topk), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                        "note": "CPU machine shared with other jobs (load average > 10 on 2 cores): wall times are "
                                "inflated, compare them only with each other"},
