@@ -263,6 +263,7 @@ def main() -> None:
     real, emb_info = real_embeddings(a.real_chunks, single=a.single_embed, cache=a.embed_cache)
     res: dict = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "faiss": faiss.__version__, "faiss_threads": a.threads,
+                    "loadavg_1_5_15_at_start": [round(x, 1) for x in os.getloadavg()],
                     "note": "shared 2-core machine: other agents ran tests/benchmarks at the same time, so absolute times are noisy; "
                             "rows of one size were measured back to back in one run"},
         "dim": D, "k": K, "embedding": emb_info,
@@ -297,6 +298,7 @@ def main() -> None:
             "batched": min(goal, key=lambda r: r["ms_per_query_batched"], default=None),
             "single": min(goal, key=lambda r: r["ms_per_query_single"], default=None)}
         res["total_s"] = round(time.perf_counter() - t_all, 1)
+        res["machine"]["loadavg_1_5_15_at_end"] = [round(x, 1) for x in os.getloadavg()]
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=1))  # after each size, so a long run keeps what it measured
         plot(res, Path(a.out).with_suffix(".png"))
