@@ -139,7 +139,7 @@ def run_strategy(name: str, llm, emb, chunks, question: str, args) -> dict:
         elif name == "refine":
             comp, given = refine.Refine(llm=llm, max_new_tokens=args.new_tokens), chunks
         elif name == "pcw":
-            comp, given = pcw.PCW(llm=llm, max_new_tokens=args.new_tokens), chunks
+            comp, given = pcw.PCW(llm=llm, max_new_tokens=args.new_tokens, dedupe=args.pcw_dedupe), chunks
         else:
             comp, given = nbce.NBCE(llm=llm, max_new_tokens=args.new_tokens), chunks
         try:
@@ -193,6 +193,7 @@ def main() -> None:
     ap.add_argument("--map-tokens", type=int, default=40)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--pcw-dedupe", default="prefix", choices=["prefix", "bos", "none"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--topk-json", default=None, help="precomputed MiniLM top-k chunk indices per task (no embedder here)")
     ap.add_argument("--write-topk", default=None, help="only compute the top-k chunk indices per task into this file")
@@ -249,7 +250,7 @@ def main() -> None:
                        "top_k": args.top_k, "new_tokens": args.new_tokens, "map_tokens": args.map_tokens, "seed": args.seed,
                        "calls_note": "LLM calls = prompts sent; PCW is one grey-box generation; NBCE one batched generation "
                                      "whose rows (no-context row + one per context) are counted as prompts",
-                       "threads": args.threads, "tasks": args.tasks, "device": args.device, "topk_precomputed": bool(topk), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                       "threads": args.threads, "tasks": args.tasks, "pcw_dedupe": args.pcw_dedupe, "device": args.device, "topk_precomputed": bool(topk), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                        "note": "CPU machine shared with other jobs (load average > 10 on 2 cores): wall times are "
                                "inflated, compare them only with each other"},
             "tasks": [], "summary": {}}
