@@ -1,0 +1,40 @@
+"""`ctxflow ask` end to end on the real embedded models and a real document (issue 3)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ctxflow.cli import main
+from ctxflow.io import document_from_bytes
+
+ROOT = Path(__file__).parent.parent
+EXCERPT = ROOT / "tests" / "data" / "jargon_excerpt.txt"
+QUESTIONS = json.loads((ROOT / "examples" / "data" / "jargon_questions.json").read_text())
+
+
+@pytest.mark.parametrize("q", [q for q in QUESTIONS if q.get("in_excerpt")][:2], ids=lambda q: q["entry"])
+def test_ask_json_citations_quote_the_source(q, llm, embedder, capsys):
+    """The default pipeline answers with citations whose spans quote the document exactly, and at
+    least one cited passage is the dictionary entry the question is about."""
+    rc = main(["ask", str(EXCERPT), q["question"], "--json", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    res = json.loads(out)
+    assert isinstance(res["answer"], str) and res["answer"].strip()
+    source = EXCERPT.read_text(encoding="utf-8")
+    assert res["citations"], "an answer must cite the source"
+    for c in res["citations"]:
+        assert source[c["start"]:c["end"]] == c["text"]
+    assert any(q["entry"].lower() in c["text"].lower() for c in res["citations"]), res["citations"]
+
+
+def test_invalid_utf8_is_replaced_and_reported(tmp_path, capsys):
+    doc = document_from_bytes("caf\u00e9 ".encode("latin-1") + b"ok text\n", "x.txt")
+    assert doc.text.startswith("caf\ufffd") and doc.meta["replaced_bytes"] == 1
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("na\u00efve r\u00e9sum\u00e9 of the plan.\n".encode("latin-1"))
+    # an empty question is refused before any model loads; the document warning comes first
+    assert main(["ask", str(f), " "]) == 2
+    assert "question is empty" in capsys.readouterr().err
