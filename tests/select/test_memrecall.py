@@ -89,7 +89,7 @@ def test_real_model_two_hop(llm):
 def test_real_embedding_judge(embedder):
     text = ("Volcanoes erupt molten rock called lava. The violin has four strings tuned in fifths. "
             "Penguins are flightless birds of the southern hemisphere. Lava cools into basalt.")
-    out = MemRecall(llm=None, embedder=embedder, judge="embedding", iterations=2, keep=1, increment=0, budget=20).run(
+    out = MemRecall(llm=None, embedder=embedder, judge="embedding", iterations=2, keep=1, increment=0, budget=20, block_size=12).run(
         question="Which musical instrument has four strings?", text=text)["selected"]
     assert [s.item.text for s in out] == ["The violin has four strings tuned in fifths."]
 
