@@ -6,8 +6,9 @@
   ``ctxflow/graph/spec.py``), ``meta["line"]``/``meta["end_line"]`` its lines.
 * ``code.answer`` — puts the best chunks, each headed ``path:line-end (kind name)``, into one
   prompt under the model's budget and answers. Its citations are those chunks with exact file
-  offsets and line numbers: those whose function/class (then file) the answer names first, then
-  by retrieval score, a definition before a module block at equal scores. The answer text ends with the top citation's ``path:line`` so even a weak
+  offsets and line numbers, ordered by retrieval score; among chunks scored within 10% of the best,
+  those whose function/class (then file) the answer names come first; at equal scores a
+  definition goes before a module block. The answer text ends with the top citation's ``path:line`` so even a weak
   model's answer says where to look.
 """
 from __future__ import annotations
@@ -110,9 +111,16 @@ class CodeAnswer(Component):
         def specific(c: Chunk) -> int:
             return 0 if c.meta.get("kind") in ("function", "method", "class") else 1
 
-        # named by the answer first; then retrieval score; at equal scores a definition before a
-        # module/block chunk (the more precise place); then retrieval order
-        ranked = sorted(range(len(used)), key=lambda i: (mention(used[i][0]), -(used[i][1] or 0.0), specific(used[i][0]), i))
+        # retrieval decides; the answer only reorders chunks retrieved about as well as the best
+        # (score >= 90% of the top: a small model also names code it was shown but that does not
+        # answer); at equal scores a definition goes before a module/block chunk (more precise)
+        best = max((s or 0.0) for _, s in used)
+
+        def close(s: float | None) -> bool:
+            return s is None or best <= 0 or s >= 0.9 * best
+
+        ranked = sorted(range(len(used)), key=lambda i: (not close(used[i][1]), mention(used[i][0]) if close(used[i][1]) else 2,
+                                                         -(used[i][1] or 0.0), specific(used[i][0]), i))
         citations = []
         for i in ranked:
             c, s = used[i]
