@@ -25,6 +25,16 @@ def unwrap(items: Sequence[Chunk | Scored[Chunk]]) -> list[tuple[Chunk, float | 
     return out
 
 
+def in_order(chunks: Sequence[Chunk | Scored[Chunk]], max_chunks: int | None, order: str) -> tuple[list[Chunk], dict[str, float | None]]:
+    """The first ``max_chunks`` chunks (all when None) and their incoming scores by chunk id;
+    ``order="document"`` re-sorts them by position in the source, "score" keeps them as given."""
+    items = unwrap(chunks)[: max_chunks or None]
+    used = [c for c, _ in items]
+    if order == "document":
+        used = sorted(used, key=lambda c: (c.doc_id, c.start))
+    return used, {c.id: s for c, s in items}
+
+
 def check_question(question: str) -> str:
     if not isinstance(question, str) or not question.strip():
         raise UserError("the question is empty: ask something, e.g. \"What does 'foo' mean?\".")

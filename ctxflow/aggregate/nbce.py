@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
 from ..types import Answer, Chunk
-from .base import ChunkList, check_question, support, unwrap
+from .base import ChunkList, check_question, in_order, support
 from .pcw import additive, cache_layers, cite, make_windows, model_dtype, stop_hit, window_text
 from .stuff import PROMPT
 
@@ -180,11 +180,7 @@ class NBCE(Component):
     def run(self, chunks: ChunkList, question: str) -> dict:
         question = check_question(question)
         llm = self.llm
-        items = unwrap(chunks)[: self.max_chunks or None]
-        scores = {c.id: s for c, s in items}
-        used = [c for c, _ in items]
-        if self.order == "document":
-            used = sorted(used, key=lambda c: (c.doc_id, c.start))
+        used, scores = in_order(chunks, self.max_chunks, self.order)
 
         def encode(context: str) -> list[int]:
             return llm.encode(self.prompt.format(context=context, question=question), chat=self.chat)  # type: ignore[union-attr]
@@ -217,7 +213,7 @@ class NBCE(Component):
             citations = cite([best], text or best.text, question, scores)[:1]
         trace = {"strategy": "nbce", "contexts": len(rows) - 1, "context_tokens": [len(r) for r in rows[1:]], "budget": budget,
                  "beta": self.beta, "pooling": self.pooling, "chosen": out["chosen"], "votes": dict(votes),
-                 "chunks_given": len(items), "chunks_dropped": dropped, "finish_reason": out["finish_reason"], "calls": 1,
+                 "chunks_given": len(used), "chunks_dropped": dropped, "finish_reason": out["finish_reason"], "calls": 1,
                  "rows": len(rows), "prompt_tokens": out["prompt_tokens"], "completion_tokens": len(out["ids"]) * len(rows)}
         trace["tokens"] = trace["prompt_tokens"] + trace["completion_tokens"]
         return {"answer": Answer(text=text, citations=citations, trace=trace)}

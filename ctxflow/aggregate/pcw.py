@@ -29,7 +29,7 @@ from ..errors import ContextOverflowError, UserError
 from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
 from ..types import Answer, Chunk
-from .base import ChunkList, best_span, check_question, support, unwrap
+from .base import ChunkList, best_span, check_question, in_order, support
 from .stuff import PROMPT
 
 SLOT = "\u2063ctxflow-context\u2063"  # stands for the context while the template is rendered
@@ -273,11 +273,7 @@ class PCW(Component):
     def run(self, chunks: ChunkList, question: str) -> dict:
         question = check_question(question)
         llm = self.llm
-        items = unwrap(chunks)[: self.max_chunks or None]
-        scores = {c.id: s for c, s in items}
-        used = [c for c, _ in items]
-        if self.order == "document":
-            used = sorted(used, key=lambda c: (c.doc_id, c.start))
+        used, scores = in_order(chunks, self.max_chunks, self.order)
         head, tail = template_parts(llm, self.prompt, question, self.chat)
         sp = specials(llm, self.chat)
         task = token_ids(llm, tail)
@@ -302,7 +298,7 @@ class PCW(Component):
         text = out["text"].strip()
         context_chunks = [c for w in windows for c in w]
         trace = {"strategy": "pcw", "windows": len(ids), "window_tokens": info["window_tokens"], "max_window": info["max_len"],
-                 "budget": budget, "cache_tokens": n_prompt, "chunks_given": len(items), "chunks_used": len(context_chunks),
+                 "budget": budget, "cache_tokens": n_prompt, "chunks_given": len(used), "chunks_used": len(context_chunks),
                  "chunks_dropped": dropped, "finish_reason": out["finish_reason"], "calls": 1,
                  "prompt_tokens": sum(info["window_tokens"]) + len(task), "completion_tokens": len(out["ids"])}
         trace["tokens"] = trace["prompt_tokens"] + trace["completion_tokens"]
