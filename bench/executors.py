@@ -51,7 +51,7 @@ def main() -> None:
 
     cores = len(os.sched_getaffinity(0))
     text = (ROOT / "examples" / "data" / "jargon.txt").read_text(encoding="utf-8")
-    llm, emb = LocalLM(cache=False, device=args.device), STEmbedder(device=args.device)
+    llm, emb = LocalLM(cache=False, device=args.device), STEmbedder(device=args.device, disk_cache=False)
     t = time.perf_counter()
     llm.warm_up(), emb.warm_up()
     load_local = time.perf_counter() - t
@@ -83,7 +83,7 @@ def main() -> None:
             rows[name]["generate_s"].append(time.perf_counter() - t)
             outs[name] = [g.text for g in gens]
             completion[name] = sum(g.n_tokens for g in gens)
-            emb._memo.clear()  # the embedder memoises texts in-process: time real work every round
+            emb._memo.clear()  # the embedder memoises texts in-process (and disk_cache=False): time real work every round
             t = time.perf_counter()
             ex.map_embed(emb, [f"{x} [{r}]" for x in texts])
             rows[name]["embed_s"].append(time.perf_counter() - t)
@@ -92,8 +92,9 @@ def main() -> None:
     res = {"bench": "executors", "what": "map-step throughput, local executor vs Ray actors, same run",
            "machine": {"cpus": cores, "platform": platform.platform(), "python": platform.python_version(),
                        "torch": torch.__version__, "ray": ray.__version__, "loadavg_before": load0, "loadavg_after": load1,
-                       "note": "shared machine: several other agents were running benchmarks and tests at the same time "
-                               "(load average above); ratios come from alternating rounds of one run"},
+                       "note": ("the machine was shared with other work (load average above the core count)"
+                                if max(load0[0], load1[0]) > cores + 0.5 else "no other heavy work ran beside the bench")
+                               + "; ratios come from alternating rounds of one run"},
            "workload": {"map_prompts": len(prompts), "new_tokens": args.tokens, "prompt_tokens_mean": round(statistics.mean(
                llm.prompt_tokens(p) for p in prompts), 1), "embed_texts": len(texts), "rounds": args.rounds,
                "model": llm.model_id, "embedder": emb.model_id},
