@@ -107,14 +107,16 @@ def default_pipeline(name: str = "book_qa.yaml") -> Path:
     raise UserError(f"default pipeline {name!r} not found; pass --pipeline FILE.")
 
 
-def print_answer(ans: Any, stream=sys.stdout, text: bool = True) -> None:
+def print_answer(ans: Any, stream=sys.stdout, text: bool = True, source: str = "") -> None:
+    """The answer text, then each citation as ``where [start:end] "quote"``; ``where`` is the
+    citation's file path (or document id, or ``source``) and its line when known."""
     if text:
         print(getattr(ans, "text", ans), file=stream)
     cits = getattr(ans, "citations", None) or []
     if cits:
         print("\nCitations:", file=stream)
         for i, c in enumerate(cits, 1):
-            where = c.meta.get("path", c.doc_id)
+            where = c.meta.get("path") or c.doc_id or source
             if c.meta.get("line"):
                 where = f"{where}:{c.meta['line']}"
             quote = c.text if len(c.text) <= 300 else c.text[:297] + "..."
@@ -217,15 +219,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.json:
         d = jsonable(ans) if hasattr(ans, "model_dump") else {"answer": jsonable(ans)}
         out = {"answer": d.get("text", d.get("answer")), "citations": [
-            {"start": c["start"], "end": c["end"], "text": c["text"], "doc_id": c.get("doc_id"), "score": c.get("score"), **c.get("meta", {})}
+            {"start": c["start"], "end": c["end"], "text": c["text"], "doc_id": c.get("doc_id") or args.doc, "score": c.get("score"), **c.get("meta", {})}
             for c in d.get("citations", [])], "score": d.get("score"), "document": args.doc, "question": args.question,
             "trace": jsonable(res.trace)}
         print(json.dumps(out, ensure_ascii=False))
     elif printer is not None and printer.printed:  # the text is out already: end its line, then the citations
         print()
-        print_answer(ans, sys.stdout, text=False)
+        print_answer(ans, sys.stdout, text=False, source=args.doc)
     else:
-        print_answer(ans)
+        print_answer(ans, source=args.doc)
     return 0
 
 
