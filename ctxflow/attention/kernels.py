@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from .rules import Plan
 
 NAME = "ctxflow_sparse"
-_REGISTERED = False
 
 
 class LayerRules:
@@ -87,17 +86,25 @@ def _sparse_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
-def register() -> str:
-    """Register the backend and its mask function with transformers (idempotent). Returns its name."""
-    global _REGISTERED
-    if not _REGISTERED:
+_REGISTERED_NAMES: set[str] = set()
+
+
+def register_attention(name: str, fn) -> str:
+    """Register ``fn`` as transformers attention backend ``name`` together with our mask function
+    (without it transformers would silently drop causal masking); idempotent. Returns ``name``."""
+    if name not in _REGISTERED_NAMES:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
 
-        AttentionInterface.register(NAME, sparse_sdpa)
-        AttentionMaskInterface.register(NAME, _sparse_mask)
-        _REGISTERED = True
-    return NAME
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, _sparse_mask)
+        _REGISTERED_NAMES.add(name)
+    return name
+
+
+def register() -> str:
+    """Register the sparse backend and its mask function with transformers. Returns its name."""
+    return register_attention(NAME, sparse_sdpa)
 
 
 def attention_modules(model) -> list:

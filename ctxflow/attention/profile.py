@@ -19,10 +19,9 @@ from typing import Sequence
 
 import torch
 
-from .kernels import _sparse_mask, attention_modules
+from .kernels import attention_modules, register_attention
 
 NAME = "ctxflow_profile"
-_REGISTERED = False
 
 
 def _block_sum(x: torch.Tensor, b: int) -> torch.Tensor:
@@ -62,15 +61,8 @@ def profile_attention(module, query, key, value, attention_mask, dropout: float 
 
 
 def register() -> str:
-    global _REGISTERED
-    if not _REGISTERED:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
-
-        AttentionInterface.register(NAME, profile_attention)
-        AttentionMaskInterface.register(NAME, _sparse_mask)
-        _REGISTERED = True
-    return NAME
+    """Register the profiling backend (and the mask function) with transformers. Returns its name."""
+    return register_attention(NAME, profile_attention)
 
 
 def influence_one(model, prompt_ids: list[int], answer_ids: list[int], block: int) -> tuple[torch.Tensor, float]:
