@@ -29,7 +29,7 @@ from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
 from ..types import Answer, Chunk
 from .base import ChunkList, check_question, in_order, support
-from .pcw import additive, cache_layers, cite, make_windows, model_dtype, stop_hit, window_text
+from .pcw import additive, cache_layers, cite, make_windows, model_dtype, stop_text, window_text
 from .stuff import PROMPT
 
 POOLINGS = ("min_entropy", "mean")
@@ -134,12 +134,10 @@ def nbce_generate(llm: Any, rows: list[list[int]], max_new_tokens: int = 64, sto
             reason = "eos"
             break
         out.append(t)
-        if stops:
-            s = llm.decode(out)
-            hit = stop_hit(s, stops)
-            if hit >= 0:
-                text, reason = s[:hit], "stop"
-                break
+        text = stop_text(llm, out, stops)
+        if text is not None:
+            reason = "stop"
+            break
         if len(out) >= max_new_tokens or int(nxt_pos.max()) >= llm.context_length:
             break
         real = torch.cat([real, torch.ones((B, 1), dtype=torch.bool)], dim=1)  # (B, K+1)

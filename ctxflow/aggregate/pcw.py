@@ -148,6 +148,15 @@ def stop_hit(text: str, stops: Sequence[str]) -> int:
     """Index of the earliest stop string in ``text`` (-1 if none)."""
     return min((k for k in (text.find(s) for s in stops if s) if k >= 0), default=-1)
 
+def stop_text(llm: Any, out: list[int], stops: Sequence[str]) -> str | None:
+    """The generated tokens decoded and cut before the first stop string, or None while no stop
+    string has appeared (one decode per step, only when there are stop strings)."""
+    if not stops:
+        return None
+    s = llm.decode(out)
+    k = stop_hit(s, stops)
+    return s[:k] if k >= 0 else None
+
 
 # -- the algorithm -----------------------------------------------------------------------
 def encode_windows(llm: Any, windows: list[list[int]], dedupe: str = "prefix") -> tuple[Any, list[int], int]:
@@ -224,12 +233,10 @@ def pcw_generate(llm: Any, windows: list[list[int]], task: list[int], max_new_to
             break
         out.append(t)
         lp_sum += float(lp[t])
-        if stops:
-            s = llm.decode(out)
-            k = stop_hit(s, stops)
-            if k >= 0:
-                text, reason = s[:k], "stop"
-                break
+        text = stop_text(llm, out, stops)
+        if text is not None:
+            reason = "stop"
+            break
         if len(out) >= max_new_tokens or pos >= llm.context_length:
             break
         mask = torch.zeros((1, 1, 1, K + 1), dtype=dtype)  # the new token sees everything
