@@ -8,8 +8,12 @@ rules (a near window for most KV groups, a 4x wider one for a quarter of them, r
 scaled so the mean density (share of the causal mask computed) is 50% or 25%. All query heads of a
 KV group share its rule, so the static cache keeps GQA.
 
-Imports only torch/transformers and ctxflow/attention/{rules,flex,cache}.py by path (the GPU
-machine has no pydantic, which ``import ctxflow`` would need).
+Imports only torch/transformers and ctxflow/attention/{rules,flex,cache,window_flash}.py by path
+(the GPU machine has no pydantic, which ``import ctxflow`` would need). The prefill part times
+dense SDPA, FlexAttention and window_flash's band backends: FA2 (built into torch) always, cuDNN
+when the optional ``cudnn`` frontend (pip ``nvidia-cudnn-frontend``) imports; the device has none,
+so carry its wheel and install it with ``pip install --no-index --no-deps --target /tmp/site`` +
+``PYTHONPATH=/tmp/site`` (bench/results/moa_gpu_notes.md has the command).
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ def _load(name):
     return mod
 
 
-rules_m, flex_m, cache_m = _load("rules"), _load("flex"), _load("cache")
+rules_m, flex_m, cache_m, wf_m = _load("rules"), _load("flex"), _load("cache"), _load("window_flash")
 L, H, HKV, D, HIDDEN = 32, 32, 8, 128, 4096
 SINKS = 64
 RES: dict = {}
@@ -71,7 +75,15 @@ def bench(fn, warm=5, rep=20):
         return (time.perf_counter() - t0) * 1e3
     from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=warm, rep=rep, return_mode="median"))  # ms
+    return float(do_bench(fn, warmup=warm, rep=rep, return_mode="median"))  # ms (warm, rep: ms of runs)
+
+
+def poison():
+    """Fill the caching allocator's free memory with NaN so that unwritten outputs show up."""
+    if torch.cuda.is_available():
+        free = torch.cuda.mem_get_info()[0]
+        x = torch.full((int(free * 0.5) // 4,), float("nan"), device="cuda")
+        del x
 
 
 def sync():
@@ -136,15 +148,86 @@ def part_check(dev, small):
             worst = max(worst, rel(od, r))
         out[f"cache_decode_{str(dt)[6:]}_rel_err"] = worst
         out[f"cache_decode_{str(dt)[6:]}_ok"] = worst < tol
+    out.update(check_window(dev, small))
     print("check:", json.dumps(out))
     return out
 
 
-# ---------------------------------------------------------------- prefill
-def dense_sdpa(q, k, v):
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+def window_backends(dev):
+    """Band backends of window_flash that can run here (cuDNN needs nvidia-cudnn-frontend)."""
+    if dev != "cuda":
+        return ["torch", "sdpa"]
+    probe = torch.empty(1, 1, 1, 128, device=dev, dtype=torch.bfloat16)
+    return [b for b, ok in (("cudnn", wf_m.cudnn_available(probe)), ("flash", wf_m.flash_available(probe))) if ok] + ["flex"]
 
+
+def check_window(dev, small):
+    """window_flash.window_prefill vs the float64 reference: fresh inputs, B=2, GQA, per-KV-group
+    spans with two heads perturbed (runs that split a KV group), one full-window group, sinks; then a
+    right-padded ragged batch (row 1 shorter: its real rows must equal the reference of the
+    truncated sequence)."""
+    out = {}
+    N = 512 if small else 2048
+    h, hkv, d = (8, 2, 32) if small else (H, HKV, D)
+    G = h // hkv
+    for be in window_backends(dev):
+        try:
+            out.update(check_window_backend(dev, be, N, h, hkv, d, G))
+        except Exception as exc:  # report, keep the other backends' results
+            print(f"window check {be} failed: {type(exc).__name__}: {str(exc)[:500]}")
+            out[f"window_{be}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return out
+
+
+def check_window_backend(dev, be, N, h, hkv, d, G):
+    """One band backend: fp32 and bf16 (the cuDNN and FA2 bands take half precision only)."""
+    out = {}
+    for dt, tol in ((torch.float32, 1e-3), (torch.bfloat16, 1e-2)):
+        tag = f"window_{be}_prefill_{str(dt)[6:]}"
+        if be in ("cudnn", "flash") and dt == torch.float32:
+            out[tag] = "unsupported: the band kernel takes fp16/bf16 only (window_prefill falls back to flex there)"
+            continue
+        torch.manual_seed(int(time.time() * 1000) % 100000)  # fresh inputs every run
+        per_kv = torch.randint(1, N + 1, (hkv,))
+        per_kv[0] = N
+        spans = per_kv.repeat_interleave(G)
+        spans[G + 1] = max(1, int(spans[G + 1]) // 3)  # a head with its own span inside a KV group
+        spans[-1] = int(torch.randint(1, N + 1, ()))
+        q = torch.randn(2, h, N, d, device=dev, dtype=dt)
+        k = torch.randn(2, hkv, N, d, device=dev, dtype=dt)
+        v = torch.randn(2, hkv, N, d, device=dev, dtype=dt)
+        poison()
+        o = wf_m.window_prefill(q, k, v, spans.tolist(), SINKS, backend=be)
+        sync()
+        r = ref_attention(q, k, v, spans.to(dev), SINKS)
+        e = rel(o, r) if bool(torch.isfinite(o).all()) else float("nan")
+        out[f"{tag}_rel_err"] = e
+        out[f"{tag}_ok"] = e < tol
+        # ragged: right-padded batch, row 1 has L real tokens (the rest is padding)
+        Lr = N - N // 3 - 5
+        for t in (q, k, v):  # loud padding: any leak into real rows would show
+            t[1, :, Lr:] = 30 * torch.randn_like(t[1, :, Lr:])
+        poison()
+        o = wf_m.window_prefill(q, k, v, spans.tolist(), SINKS, backend=be)
+        r1 = ref_attention(q[1:, :, :Lr], k[1:, :, :Lr], v[1:, :, :Lr], spans.clamp(max=Lr).to(dev), SINKS)
+        e1 = rel(o[1:, :, :Lr], r1) if bool(torch.isfinite(o[1:, :, :Lr]).all()) else float("nan")
+        out[f"{tag}_ragged_rel_err"] = e1
+        out[f"{tag}_ragged_ok"] = e1 < tol
+        del q, k, v, o, r, r1
+        peak_reset()
+    return out
+
+
+# ---------------------------------------------------------------- prefill
+def dense_sdpa(q, k, v, only=None):
+    """Dense causal SDPA, flash or cuDNN (PyTorch picks; on an H100 with torch 2.11 it picks cuDNN),
+    or the one backend ``only`` names (then errors propagate)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if only:
+        with sdpa_kernel([getattr(SDPBackend, only)]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     except RuntimeError:
@@ -159,8 +242,20 @@ def part_prefill(dev, small, lengths, variants):
         k = torch.randn(1, HKV, N, D, device=dev, dtype=torch.bfloat16)
         v = torch.randn(1, HKV, N, D, device=dev, dtype=torch.bfloat16)
         kx, vx = k.repeat_interleave(H // HKV, 1), v.repeat_interleave(H // HKV, 1)  # dense gets expanded K/V (flash path)
-        row = {"N": N, "dense_sdpa_ms": bench(lambda: dense_sdpa(q, kx, vx))}
-        row["flex_causal_ms"] = bench(lambda: flex_m.sparse_prefill(q, k, v, [N] * H, 0))
+        wb = dict(warm=25, rep=max(200, N // 64))  # >= ~4 timed runs even at 64k
+        row = {"N": N, "dense_sdpa_ms": bench(lambda: dense_sdpa(q, kx, vx), **wb)}
+        dense_runs = [row["dense_sdpa_ms"]]
+        if dev == "cuda":  # which dense kernel that is: each SDPA backend alone
+            for name, be in (("flash", "FLASH_ATTENTION"), ("cudnn", "CUDNN_ATTENTION")):
+                try:
+                    row[f"dense_sdpa_{name}_only_ms"] = bench(lambda: dense_sdpa(q, kx, vx, only=be), **wb)
+                except RuntimeError as exc:
+                    print(f"dense {name} failed: {str(exc)[:200]}")
+        row["flex_causal_ms"] = bench(lambda: flex_m.sparse_prefill(q, k, v, [N] * H, 0), **wb)
+        wbs = window_backends(dev)
+        for be in wbs:
+            if be != "flex":
+                row[f"window_{be}_causal_ms"] = bench(lambda: wf_m.window_prefill(q, k, v, [N] * H, 0, backend=be), **wb)
         for dens in (0.5, 0.25):
             spans = [max(s, 1) for s in synthetic_spans(dens, N, layer=0)]
             t0 = time.perf_counter()
@@ -169,16 +264,41 @@ def part_prefill(dev, small, lengths, variants):
             row[f"blockmask_build_ms_{int(dens*100)}"] = (time.perf_counter() - t0) * 1e3
             row[f"density_{int(dens*100)}"] = mean_density(spans, N)
             best = None
+            cands = {}
             for name, opts in variants.items():
                 try:
-                    ms = bench(lambda: flex_m.sparse_prefill(q, k, v, spans, SINKS, kernel_options=opts))
+                    ms = bench(lambda: flex_m.sparse_prefill(q, k, v, spans, SINKS, kernel_options=opts), **wb)
                 except Exception as exc:  # a variant the compiler rejects
                     print(f"variant {name} failed: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
                 row[f"moa{int(dens*100)}_{name}_ms"] = ms
+                cands[f"flex_{name}"] = ms
                 best = ms if best is None else min(best, ms)
-            row[f"moa{int(dens*100)}_ms"] = best
-            row[f"speedup_{int(dens*100)}_vs_sdpa"] = row["dense_sdpa_ms"] / best if best else None
+            dp = int(dens * 100)
+            row[f"moa{dp}_ms"] = best  # best FlexAttention variant
+            for be in wbs:
+                if be == "flex":
+                    continue
+                try:
+                    ms = bench(lambda: wf_m.window_prefill(q, k, v, spans, SINKS, backend=be), **wb)
+                    row[f"window_{be}{dp}_ms"] = ms
+                    cands[f"window_{be}"] = ms
+                    row[f"window_{be}{dp}_band_only_ms"] = bench(lambda: wf_m.window_prefill(q, k, v, spans, 0, backend=be), **wb)
+                except Exception as exc:  # report, keep the other kernels' numbers
+                    print(f"window {be} failed: {type(exc).__name__}: {str(exc)[:300]}")
+            row[f"runs_{dp}"] = len(wf_m.head_runs(tuple(spans), N, H // HKV))
+            kbest = min(cands, key=cands.get)
+            row[f"best{dp}_kernel"], row[f"best{dp}_ms"] = kbest, cands[kbest]
+            row[f"_cands{dp}"] = cands
+            dense_runs.append(bench(lambda: dense_sdpa(q, kx, vx), **wb))  # the same dense kernel again (drift)
+        # speedups against the mean of the dense runs spread over the row (clocks drift by a few %)
+        row["dense_sdpa_runs_ms"] = dense_runs
+        row["dense_sdpa_mean_ms"] = dm = sum(dense_runs) / len(dense_runs)
+        for dp in (50, 25):
+            cands = row.pop(f"_cands{dp}")
+            row[f"speedup_{dp}_vs_sdpa"] = dm / row[f"best{dp}_ms"]
+            for name, ms in cands.items():
+                row[f"speedup_{dp}_{name}_vs_sdpa"] = dm / ms
         print("prefill:", json.dumps(row))
         rows.append(row)
         del q, k, v, kx, vx
@@ -433,8 +553,15 @@ def main():
     save()
     print("\n=== summary ===")
     for r in RES.get("prefill", []):
-        print(f"prefill N={r['N']:>6}: sdpa {r['dense_sdpa_ms']:.2f} ms | flex causal {r['flex_causal_ms']:.2f} | "
-              f"moa50 {r['moa50_ms']:.2f} ({r['speedup_50_vs_sdpa']:.2f}x) | moa25 {r['moa25_ms']:.2f} ({r['speedup_25_vs_sdpa']:.2f}x)")
+        print(f"prefill N={r['N']:>6}: sdpa {'/'.join(f'{x:.2f}' for x in r['dense_sdpa_runs_ms'])} ms | flex causal {r['flex_causal_ms']:.2f} | "
+              f"flex50 {r['moa50_ms']:.2f} flex25 {r['moa25_ms']:.2f} | "
+              f"best50 {r['best50_kernel']} {r['best50_ms']:.2f} ({r['speedup_50_vs_sdpa']:.2f}x) | "
+              f"best25 {r['best25_kernel']} {r['best25_ms']:.2f} ({r['speedup_25_vs_sdpa']:.2f}x)")
+        for be in ("cudnn", "flash", "torch", "sdpa"):
+            if f"window_{be}50_ms" in r:
+                print(f"   window {be}: causal {r.get(f'window_{be}_causal_ms', 0):.2f} | 50% {r[f'window_{be}50_ms']:.2f} "
+                      f"(band {r[f'window_{be}50_band_only_ms']:.2f}) | 25% {r.get(f'window_{be}25_ms', 0):.2f} "
+                      f"(band {r.get(f'window_{be}25_band_only_ms', 0):.2f})")
     for r in RES.get("decode_attention", []):
         print(f"decode attn N={r['N']} B={r['B']}: dense {r['dense_ms']:.3f} ms | moa50 {r['moa50_ms']:.3f} ({r['speedup_50']:.2f}x) | moa25 {r['moa25_ms']:.3f} ({r['speedup_25']:.2f}x)")
     e = RES.get("e2e")

@@ -1,0 +1,378 @@
+"""GPU prefill for elastic per-head windows on a dense kernel's native sliding window.
+
+Query ``i`` of head ``h`` sees key ``j`` when ``j <= i`` and (``j < sinks`` or ``i - j < span[h]``).
+The mask is a *band* (``0 <= i - j < span``) plus a few *sink* columns. Fast dense attention
+kernels compute a band natively (a sliding window skips the tiles outside it), so the band runs near
+the dense kernel's rate per computed tile instead of FlexAttention's (~0.7x of it on an H100); less
+near at short spans, where each query tile loops over few key tiles (85% of it at span 2.6k):
+
+1. Heads are grouped by span (MoA plans have at most two rules per layer). Each group is cut into
+   runs of consecutive query heads whose key/value heads are a slice too (grouped-query attention is
+   kept: no copy of ``q``, ``k`` or ``v``), and each run is one windowed call that writes its heads'
+   slice of the output and of the row log-sum-exp. A span ``>= N`` is plain causal attention.
+2. The sink keys outside the band (``j < sinks`` and ``i - j >= span``) are added afterwards by one
+   small kernel per layer: it scores each query row against the ``sinks`` first keys and merges
+   this partial softmax with the band's one exactly through their log-sum-exps, in place. Rows
+   ``i < span`` have no such key and are skipped.
+
+Backends (``backend="auto"``: cuDNN if its frontend is installed, else flex on CUDA, else sdpa):
+
+- ``"cudnn"``: cuDNN's fused attention with a diagonal band (``diagonal_band_left_bound = span``,
+  top-left aligned causal), through the cuDNN frontend's Python graph API (the optional package
+  ``nvidia-cudnn-frontend``, imported lazily; it drives the libcudnn that PyTorch already loads).
+  On an H100 this is the kernel that PyTorch's own SDPA picks for dense causal attention.
+- ``"flash"``: FlashAttention-2 as built into PyTorch (``aten._flash_attention_forward`` with
+  ``window_size_left = span - 1``). No extra package, but on an H100 FA2 runs at ~0.55x of cuDNN
+  per computed pair, below FlexAttention, so it is only used when asked for.
+- ``"flex"``: :func:`ctxflow.attention.flex.sparse_prefill` (exact; any dtype on CUDA; sinks in-kernel).
+- ``"sdpa"``: masked SDPA per span group (exact; the CPU path, O(N^2) mask per group).
+
+Measured (H100, Llama-3-8B attention shape, bf16, ``bench/results/moa_gpu_notes.md``): at 32k
+tokens the cuDNN band runs 1.85x (50% density) / 3.41x (25%) faster than dense causal SDPA.
+
+The sink merge is a Triton kernel on CUDA and plain torch elsewhere (``merge="torch"`` forces it).
+Batches are unpadded or right-padded: causality already hides a row's padding keys from its real
+queries, so real rows are exact; padded query rows hold finite values that are never read.
+
+Imports only torch (Triton and the cuDNN frontend lazily): usable on a GPU machine without the rest
+of ctxflow (no pydantic), loaded by path like ``bench/moa_gpu.py`` does.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("cudnn", "flash", "flex", "sdpa")
+
+
+# ---------------------------------------------------------------- head runs
+def head_runs(spans: tuple[int, ...], n: int, group: int) -> list[tuple[int, int, int]]:
+    """``(h0, h1, span)`` runs of consecutive query heads with one span (clamped to ``[1, n]``) whose
+    key/value heads form a slice: a run never straddles a KV group unless it covers whole groups.
+    ``group`` = query heads per KV head."""
+    runs: list[tuple[int, int, int]] = []
+    H = len(spans)
+    h = 0
+    while h < H:
+        s = max(1, min(n, int(spans[h])))
+        e = h + 1
+        while e < H and max(1, min(n, int(spans[e]))) == s:
+            e += 1
+        # [h, e) has one span; cut it at KV-group boundaries where it is not group-aligned
+        a = h
+        while a < e:
+            if a % group == 0 and e - a >= group:  # whole groups: as many as fit
+                b = a + (e - a) // group * group
+            else:  # a partial group: up to the group's end
+                b = min(e, (a // group + 1) * group)
+            runs.append((a, b, s))
+            a = b
+        h = e
+    return runs
+
+
+def _kv_slice(h0: int, h1: int, group: int) -> tuple[int, int]:
+    return h0 // group, (h1 - 1) // group + 1
+
+
+# ---------------------------------------------------------------- band: cuDNN frontend
+_CUDNN = None
+_CUDNN_HANDLES: dict = {}
+_CUDNN_GRAPHS: dict = {}
+
+
+def cudnn_frontend():
+    """The ``cudnn`` frontend module, or None when it is not installed or fails to load."""
+    global _CUDNN
+    if _CUDNN is None:
+        try:
+            import cudnn  # nvidia-cudnn-frontend (optional)
+
+            _CUDNN = cudnn
+        except Exception:  # noqa: BLE001 - any load failure means "not available"
+            _CUDNN = False
+    return _CUDNN or None
+
+
+def _cudnn_handle(device: torch.device):
+    cudnn = cudnn_frontend()
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _CUDNN_HANDLES:
+        with torch.cuda.device(idx):
+            _CUDNN_HANDLES[idx] = cudnn.create_handle()
+    return _CUDNN_HANDLES[idx]
+
+
+def _cudnn_graph(q, k, v, o, lse, span: int, scale: float):
+    """A built cuDNN SDPA graph for these shapes/strides and span, cached: (graph, tensors,
+    workspace, handle). The heuristic's first plan is kept: on an H100 (cuDNN 9.19) timing every
+    plan found it fastest at each span tried (the other engine configs ran 1.7x to 15x slower)."""
+    key = (q.dtype, q.device, tuple(q.shape), q.stride(), tuple(k.shape), k.stride(), v.stride(),
+           o.stride(), lse.stride(), span, float(scale))
+    hit = _CUDNN_GRAPHS.get(key)
+    if hit is not None:
+        return hit
+    cudnn = cudnn_frontend()
+    handle = _cudnn_handle(q.device)
+    io = {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF}[q.dtype]
+    g = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
+                      compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+    tq, tk, tv = g.tensor_like(q), g.tensor_like(k), g.tensor_like(v)
+    n = q.shape[2]
+    # top-left aligned band: key j visible iff 0 <= i - j < left_bound (right bound 0 = causal)
+    kw = dict(name="band", q=tq, k=tk, v=tv, attn_scale=float(scale), generate_stats=True,
+              diagonal_alignment=cudnn.diagonal_alignment.TOP_LEFT, diagonal_band_right_bound=0)
+    if span < n:
+        kw["diagonal_band_left_bound"] = int(span)
+    to, ts = g.sdpa(**kw)
+    to.set_output(True).set_dim(list(o.shape)).set_stride(list(o.stride()))
+    ts.set_output(True).set_data_type(cudnn.data_type.FLOAT).set_dim(list(lse.shape)).set_stride(list(lse.stride()))
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    g.check_support()
+    g.build_plans()
+    ws = torch.empty(max(1, g.get_workspace_size()), device=q.device, dtype=torch.uint8)
+    hit = (g, (tq, tk, tv, to, ts), ws, handle)
+    _CUDNN_GRAPHS[key] = hit
+    return hit
+
+
+def _band_cudnn(q, k, v, o, lse, span, scale):
+    """cuDNN band attention of one run: q/o (B, Hr, N, D), k/v (B, Hkv_r, N, D) views, lse (B, Hr, N, 1)."""
+    g, (tq, tk, tv, to, ts), ws, handle = _cudnn_graph(q, k, v, o, lse, span, scale)
+    cudnn_frontend().set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
+    g.execute({tq: q, tk: k, tv: v, to: o, ts: lse}, ws, handle=handle)
+
+
+def cudnn_available(q) -> bool:
+    return (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] % 8 == 0
+            and cudnn_frontend() is not None and torch.cuda.get_device_capability(q.device)[0] >= 8)
+
+
+# ---------------------------------------------------------------- band: FlashAttention-2 (aten)
+def flash_available(q) -> bool:
+    return (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 256
+            and hasattr(torch.ops.aten, "_flash_attention_forward")
+            and torch.cuda.get_device_capability(q.device)[0] >= 8)
+
+
+def _band_flash(q, k, v, o, lse, span, scale):
+    """FA2 band attention of one run (same views as :func:`_band_cudnn`); copies into o / lse."""
+    n = q.shape[2]
+    win = {} if span >= n else {"window_size_left": int(span) - 1, "window_size_right": 0}
+    res = torch.ops.aten._flash_attention_forward(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, None, n, n, 0.0, True, False,
+        scale=float(scale), **win)
+    o.copy_(res[0].transpose(1, 2))  # (B, N, Hr, D) -> (B, Hr, N, D)
+    lse.copy_(res[1].unsqueeze(-1))  # (B, Hr, N) natural-log LSE
+
+
+# ---------------------------------------------------------------- band: masked SDPA (CPU, reference path)
+def band_mask(n: int, span: int, device) -> torch.Tensor:
+    i = torch.arange(n, device=device)[:, None]
+    j = torch.arange(n, device=device)[None]
+    return (j <= i) & (i - j < span)
+
+
+def _band_sdpa(q, k, v, o, lse, span, scale):
+    """Exact band attention with its LSE in plain torch (CPU / any dtype): float32 math."""
+    n = q.shape[2]
+    g = q.shape[1] // k.shape[1]
+    kk = k.float().repeat_interleave(g, 1) if g > 1 else k.float()
+    vv = v.float().repeat_interleave(g, 1) if g > 1 else v.float()
+    s = (q.float() @ kk.transpose(-1, -2)) * scale
+    s = s.masked_fill(~band_mask(n, span, q.device), float("-inf"))
+    l = torch.logsumexp(s, -1, keepdim=True)  # (B, Hr, N, 1)
+    o.copy_((torch.exp(s - l) @ vv).to(o.dtype))
+    lse.copy_(l)
+
+
+# ---------------------------------------------------------------- sink merge
+def sink_merge_torch(q, k, v, o, lse, spans_t, sinks: int, scale: float):
+    """Add the sink keys outside each head's band to ``o`` (B, H, N, D) in place, given the band's
+    ``lse`` (B, H, N, 1) (updated too). spans_t (H,) long. Plain torch, float32 math."""
+    B, H, n, _ = q.shape
+    g = H // k.shape[1]
+    ns = min(sinks, n)
+    ks = k[:, :, :ns].float().repeat_interleave(g, 1)  # (B, H, S, D)
+    vs = v[:, :, :ns].float().repeat_interleave(g, 1)
+    s = (q.float() @ ks.transpose(-1, -2)) * scale  # (B, H, N, S)
+    i = torch.arange(n, device=q.device)[None, :, None]
+    j = torch.arange(ns, device=q.device)[None, None, :]
+    valid = (i - j) >= spans_t.to(q.device)[:, None, None]  # (H, N, S); j <= i follows
+    s = s.masked_fill(~valid[None], float("-inf"))
+    lb = lse.float()  # (B, H, N, 1), finite: every row sees itself
+    m = torch.maximum(s.amax(-1, keepdim=True), lb)
+    p = torch.exp(s - m)
+    wb = torch.exp(lb - m)
+    den = wb + p.sum(-1, keepdim=True)
+    out = (o.float() * wb + p @ vs) / den
+    o.copy_(out.to(o.dtype))
+    lse.copy_(m + torch.log(den))
+
+
+@lru_cache(maxsize=1)
+def _triton_merge_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(Q, K, V, O, LSE, SPAN, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, slb, slh, sln,
+               H, G, N, SINKS, scale_log2,
+               BLOCK_M: tl.constexpr, S_P: tl.constexpr, D: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        span = tl.load(SPAN + h)
+        m0 = pid_m * BLOCK_M
+        if m0 + BLOCK_M - 1 >= span:  # some row i >= span: sink keys outside the band exist
+            rows = m0 + tl.arange(0, BLOCK_M)
+            cols = tl.arange(0, S_P)
+            d = tl.arange(0, D)
+            rmask = rows < N
+            q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + d[None, :], mask=rmask[:, None], other=0.0)
+            kvh = h // G
+            cmask = cols < SINKS
+            ks = tl.load(K + b * skb + kvh * skh + cols[:, None] * skn + d[None, :], mask=cmask[:, None], other=0.0)
+            vs = tl.load(V + b * svb + kvh * svh + cols[:, None] * svn + d[None, :], mask=cmask[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(ks)) * scale_log2  # base-2 logits
+            valid = cmask[None, :] & ((rows[:, None] - cols[None, :]) >= span)
+            s = tl.where(valid, s, float("-inf"))
+            lptr = LSE + b * slb + h * slh + rows * sln
+            lb = tl.load(lptr, mask=rmask, other=0.0) * 1.4426950408889634  # natural -> base 2
+            m = tl.maximum(tl.max(s, 1), lb)
+            p = tl.exp2(s - m[:, None])
+            wb = tl.exp2(lb - m)
+            den = wb + tl.sum(p, 1)
+            optr = O + b * sob + h * soh + rows[:, None] * son + d[None, :]
+            ob = tl.load(optr, mask=rmask[:, None], other=0.0).to(tl.float32)
+            acc = ob * wb[:, None] + tl.dot(p.to(vs.dtype), vs)
+            out = acc / den[:, None]
+            tl.store(optr, out.to(O.dtype.element_ty), mask=rmask[:, None])
+            tl.store(lptr, (m + tl.log2(den)) * 0.6931471805599453, mask=rmask)
+
+    return kernel
+
+
+MERGE_CONFIG = (64, 4)  # (rows per program, warps): fastest of (32|64|128, 4|8) on an H100
+
+
+def sink_merge_triton(q, k, v, o, lse, spans_t, sinks: int, scale: float):
+    """:func:`sink_merge_torch` as one Triton launch (CUDA, fp16/bf16, head dim a power of two)."""
+    import triton
+
+    B, H, n, D = q.shape
+    G = H // k.shape[1]
+    S_P = max(16, triton.next_power_of_2(min(sinks, n)))
+    BLOCK_M, warps = MERGE_CONFIG
+    grid = (triton.cdiv(n, BLOCK_M), B * H)
+    _triton_merge_kernel()[grid](
+        q, k, v, o, lse, spans_t, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+        *lse.stride()[:3], H, G, n, min(sinks, n), float(scale) * 1.4426950408889634,
+        BLOCK_M=BLOCK_M, S_P=S_P, D=D, num_warps=warps, num_stages=1)
+
+
+def _triton_ok(q, v) -> bool:
+    if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    D = q.shape[-1]
+    if D & (D - 1) or D < 16 or q.stride(-1) != 1 or v.stride(-1) != 1:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=64)
+def _spans_tensor(spans: tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor(spans, dtype=torch.int32, device=device)
+
+
+# ---------------------------------------------------------------- flex fallback
+def _flex_module():
+    try:
+        from . import flex  # type: ignore[no-redef]
+
+        return flex
+    except ImportError:  # loaded by path, outside the package
+        name = "ctxflow_window_flash_flex"
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("flex.py"))
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+        return sys.modules[name]
+
+
+def sdpa_prefill(q, k, v, spans, sinks: int, scale=None):
+    """Exact masked SDPA per span group (CPU path). q (B,H,N,D), k/v (B,Hkv,N,D) -> (B,H,N,D)."""
+    B, H, n, D = q.shape
+    g = H // k.shape[1]
+    out = torch.empty_like(q)
+    i = torch.arange(n, device=q.device)[:, None]
+    j = torch.arange(n, device=q.device)[None]
+    for s in sorted({max(1, min(n, int(x))) for x in spans}):
+        idx = [h for h in range(H) if max(1, min(n, int(spans[h]))) == s]
+        it = torch.tensor(idx, device=q.device)
+        kv = it // g
+        m = (j <= i) & ((j < sinks) | (i - j < s))
+        out[:, it] = F.scaled_dot_product_attention(q[:, it], k[:, kv], v[:, kv], attn_mask=m, scale=scale)
+    return out
+
+
+# ---------------------------------------------------------------- entry point
+def pick_backend(q) -> str:
+    """cuDNN's band when the frontend is installed, else FlexAttention on CUDA (on an H100 FA2's
+    window ran slower than flex: 8.3 vs 5.4 ms at 32k, 25% density), masked SDPA on the CPU.
+    ``backend="flash"`` still selects FA2 explicitly."""
+    if cudnn_available(q):
+        return "cudnn"
+    return "flex" if q.is_cuda else "sdpa"
+
+
+def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto", merge: str = "auto"):
+    """Causal attention with per-head windows plus sinks.
+
+    q (B, H, N, D), k/v (B, H_kv, N, D) (any strides with a unit last one); spans: H ints (a list,
+    tuple or tensor), each query head's window at this length; ``sinks`` first keys always visible.
+    Returns (B, H, N, D) (a view of (B, N, H, D) memory on the band-kernel paths).
+    ``backend``: "auto" | "cudnn" | "flash" | "flex" | "sdpa" (| "torch": the band decomposition in
+    plain torch, a CPU test path); ``merge``: "auto" | "triton" | "torch".
+    """
+    B, H, n, D = q.shape
+    assert k.shape[1] > 0 and H % k.shape[1] == 0, "query heads must be a multiple of key/value heads"
+    group = H // k.shape[1]
+    spans = tuple(int(s) for s in (spans.tolist() if torch.is_tensor(spans) else spans))
+    assert len(spans) == H, f"{len(spans)} spans for {H} heads"
+    spans = tuple(max(1, min(n, s)) for s in spans)
+    sinks = max(0, int(sinks))
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if backend == "auto":
+        backend = pick_backend(q)
+    if backend == "sdpa":
+        return sdpa_prefill(q, k, v, spans, sinks, scale)
+    if backend == "flex":
+        return _flex_module().sparse_prefill(q, k, v, list(spans), sinks, scale=scale, compiled=q.is_cuda)
+    band = {"cudnn": _band_cudnn, "flash": _band_flash, "torch": _band_sdpa}[backend]
+    out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D) view
+    lse = torch.empty(B, H, n, 1, device=q.device, dtype=torch.float32)
+    for h0, h1, s in head_runs(spans, n, group):
+        k0, k1 = _kv_slice(h0, h1, group)
+        band(q[:, h0:h1], k[:, k0:k1], v[:, k0:k1], out[:, h0:h1], lse[:, h0:h1], s, scale)
+    if sinks and any(s < n for s in spans):  # one launch over all heads
+        spans_t = _spans_tensor(spans, str(q.device))
+        if merge == "triton" or (merge == "auto" and _triton_ok(q, v)):
+            sink_merge_triton(q, k, v, out, lse, spans_t, sinks, scale)
+        else:
+            sink_merge_torch(q, k, v, out, lse, spans_t, sinks, scale)
+    return out
