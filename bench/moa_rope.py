@@ -40,9 +40,13 @@ def main():
     ap.add_argument("--length", type=int, default=16384)
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--bins", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the machine is shared)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "moa_rope.json"))
+    ap.add_argument("--png", default=str(ROOT / "bench" / "results" / "moa_rope.png"))
     args = ap.parse_args()
     import torch
+
+    torch.set_num_threads(args.threads)
 
     from ctxflow.llm.local import LocalLM
 
@@ -52,11 +56,13 @@ def main():
                 "dynamic_ntk": {"type": "dynamic", "factor": args.factor}, "yarn": {"type": "yarn", "factor": args.factor}}
     res = {"model": "SmolLM2-135M-Instruct (trained window 8192)", "length": args.length, "factor": args.factor,
            "bins": args.bins, "samples": 1, "text": "examples/data/jargon.txt, last third",
-           "note": "one 16k window per variant (CPU); the machine was shared by other work", "variants": {}}
+           "note": f"one {args.length}-token window per variant (CPU, {args.threads} torch threads); the machine was shared by other work",
+           "variants": {}}
     ids = None
     for name, rope in variants.items():
-        llm = LocalLM(cache=False, rope_scaling=rope)
+        llm = LocalLM(cache=False, rope_scaling=rope, threads=args.threads)
         llm.warm_up()
+        res["attn_implementation"] = llm.model.config._attn_implementation  # sdpa: eager would need T^2 memory
         if ids is None:
             ids = torch.tensor(llm.tokenizer(tail, add_special_tokens=False)["input_ids"][: args.length])
         t0 = time.time()
@@ -71,9 +77,32 @@ def main():
     edges = [(i * (args.length // args.bins), (i + 1) * (args.length // args.bins)) for i in range(args.bins)]
     res["bin_edges"] = edges
     Path(args.out).write_text(json.dumps(res, indent=1))
+    plot(res, args.png)
     print("| positions | " + " | ".join(variants) + " |")
     for i, (a, b) in enumerate(edges):
         print(f"| {a}-{b} | " + " | ".join(f"{res['variants'][v]['ppl_by_bin'][i]:.2f}" for v in variants) + " |")
+
+
+def plot(res, path):
+    """Perplexity per position bin, one line per variant; the trained window marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    mids = [(a + b) / 2 for a, b in res["bin_edges"]]
+    for name, v in res["variants"].items():
+        ax.plot(mids, v["ppl_by_bin"], marker="o", label=name)
+    ax.axvline(8192, color="grey", ls="--", lw=1)
+    ax.text(8192, ax.get_ylim()[1], " trained window", va="top", fontsize=8, color="grey")
+    ax.set_yscale("log")
+    ax.set_xlabel("token position (bin centre)")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title(f"SmolLM2-135M-Instruct, RoPE scaling x{res['factor']:g}, one {res['length']}-token window")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
