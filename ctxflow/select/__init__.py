@@ -1,2 +1,2 @@
 """Selection: choose which chunks reach the answering model (top-k with MMR, Map-Rerank, CogLTX MemRecall)."""
-from . import map_rerank, memrecall, topk  # noqa: F401
+from . import map_rerank, memrecall, merge, topk  # noqa: F401
