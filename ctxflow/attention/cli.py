@@ -1,7 +1,7 @@
 """``ctxflow moa profile | search | eval``: MoA plans for a local model, from profile to quality table.
 
-    ctxflow moa profile [--model default] [--lengths 256,512,1024] [--samples 3] [--block 64] -o PROFILE.pt
-    ctxflow moa search PROFILE.pt --density 0.5 [--sinks 16] [--validate 768] -o PLAN.json
+    ctxflow moa profile [--model default] [--lengths 1024,2048] [--samples 3] [--block 64] -o PROFILE.pt
+    ctxflow moa search PROFILE.pt --density 0.5 [--sinks 64] [--validate 1536] [--budget-lengths 4096] -o PLAN.json
     ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 1024] [--json OUT]
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def cmd_search(args) -> int:
     from ..llm.local import LocalLM
     from .profile import load_profile
     from .rules import FULL, Plan
-    from .search import pareto_plans, pick_by_validation
+    from .search import check_sinks, pareto_plans, pick_by_validation
 
     if not 0 < args.density <= 1:
         raise UserError(f"--density must be in (0, 1], got {args.density}")
@@ -94,12 +94,17 @@ def cmd_search(args) -> int:
         if missing:
             raise UserError(f"--lengths {missing} were not profiled; the profile has {sorted(prof['maps'])}")
         prof["maps"] = {n: prof["maps"][n] for n in keep}
+    sinks = prof["block"] if args.sinks is None else args.sinks
+    warn = check_sinks(sinks, prof["block"])
+    if warn:
+        print(f"warning: {warn}", file=sys.stderr)
+    extra = (_ints(args.budget_lengths, "--budget-lengths") if args.budget_lengths else []) + [args.validate]
     bar = _bar(len(prof["maps"]) + 1, "solving")
-    plans = pareto_plans(prof, args.density, args.sinks, prof.get("model_id", "unknown"), args.alpha_step,
-                         progress=lambda i, k: bar.update(1))
+    plans = pareto_plans(prof, args.density, sinks, prof.get("model_id", "unknown"), args.alpha_step,
+                         progress=lambda i, k: bar.update(1), budget_lengths=extra)
     bar.close()
     if not plans:
-        raise UserError(f"no plan meets density {args.density} with {args.sinks} sinks at lengths {sorted(prof['maps'])}: raise --density or lower --sinks")
+        raise UserError(f"no plan meets density {args.density} with {sinks} sinks at lengths {sorted(prof['maps'])}: raise --density or lower --sinks")
     llm = LocalLM(args.model, cache=False, threads=args.threads)
     loss_fn = validation_loss_fn(llm, args.validate, args.val_samples)
     best = pick_by_validation(plans, loss_fn, args.validate)
@@ -108,7 +113,7 @@ def cmd_search(args) -> int:
     best.save(args.out)
     print(json.dumps({"plan": str(args.out), "density": args.density, "pareto": len(plans), "validation_length": args.validate,
                       "validation_loss": best.validation_loss, "dense_validation_loss": dense,
-                      "mean_density": {n: best.mean_density(n) for n in sorted(prof["maps"]) + [args.validate]}}))
+                      "mean_density": {n: best.mean_density(n) for n in sorted(set(prof["maps"]) | set(extra))}}))
     return 0
 
 
@@ -144,7 +149,7 @@ def register(sub) -> None:
     s = p.add_subparsers(dest="moa_cmd", required=True)
     a = s.add_parser("profile", help="gradient-based attention influence per head, in blocks, at several lengths")
     a.add_argument("--model", default="default")
-    a.add_argument("--lengths", default="256,512,1024")
+    a.add_argument("--lengths", default="1024,2048")
     a.add_argument("--samples", type=int, default=3, help="calibration samples per length")
     a.add_argument("--block", type=int, default=64)
     a.add_argument("--seed", type=int, default=0)
@@ -154,11 +159,14 @@ def register(sub) -> None:
     b = s.add_parser("search", help="one rule per head under a density budget (MILP, HiGHS), validated at an unprofiled length")
     b.add_argument("profile")
     b.add_argument("--density", type=float, required=True)
-    b.add_argument("--sinks", type=int, default=16)
+    b.add_argument("--sinks", type=int, default=None, help="sink tokens per head (default: the profile's block size, "
+                   "so the first key tile is kept exactly)")
     b.add_argument("--alpha-step", type=int, default=64)
     b.add_argument("--lengths", default="", help="use only these profiled lengths (default: all)")
-    b.add_argument("--validate", type=int, default=768, help="unprofiled validation length (tokens)")
-    b.add_argument("--val-samples", type=int, default=2)
+    b.add_argument("--validate", type=int, default=1536, help="unprofiled validation length (tokens)")
+    b.add_argument("--budget-lengths", default="", help="further lengths (e.g. the target length) where the density "
+                   "budget must also hold (the validation length always is)")
+    b.add_argument("--val-samples", type=int, default=3)
     b.add_argument("--model", default="default")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("-o", "--out", required=True, help="plan JSON to write")

@@ -9,8 +9,16 @@ influence. The program (``scipy.optimize.milp``):
     minimise   sum_N w_N sum_{l,h,r} cost[l,h,r,N] x[l,h,r]
     subject to sum_r x[l,h,r] = 1                        (one rule per head)
                x[l,h,r] <= y[l,r],  sum_r y[l,r] <= 2     (at most two distinct rules per layer)
-               mean_{l,h} sum_r density_r(N) x[l,h,r] <= budget    (at every profiled length)
+               mean_{l,h} sum_r density_r(N) x[l,h,r] <= budget    (at every profiled length, and at
+                                                       any extra ``budget_lengths``, e.g. the target)
                x, y binary
+
+The cost assumes influence is spread evenly inside a tile. That fails for the first key tile,
+which holds the attention sinks (about 40% of all influence for SmolLM2): with fewer sinks than
+the block size, every rule that does not reach the first tile was charged for sink influence the
+sinks keep anyway, which pushed the solver to give many heads a full window. Use ``sinks`` equal
+to (a multiple of) the profile's block size so the first tile is kept exactly
+(:func:`check_sinks`).
 
 Solving it for several weightings ``w`` (each length alone, and all together) gives a Pareto set;
 :func:`pick_by_validation` keeps the plan with the lowest loss at an unprofiled length.
@@ -23,6 +31,14 @@ import numpy as np
 import torch
 
 from .rules import Plan, Rule, band_density
+
+
+def check_sinks(sinks: int, block: int) -> str | None:
+    """A warning when ``sinks`` is not a multiple of ``block`` (tile costs are then inexact), else None."""
+    if sinks % block:
+        return (f"sinks={sinks} is not a multiple of the profile block size {block}: the first key tile (the attention sinks, "
+                f"a large share of all influence) is only partly kept and its cost is smeared over the tile; use --sinks {block}")
+    return None
 
 
 def candidate_rules(lengths: Sequence[int], alpha_step: int = 64, betas: int = 8) -> list[Rule]:
@@ -68,8 +84,9 @@ def cost_table(maps: dict[int, torch.Tensor], rules: list[Rule], sinks: int, blo
 
 
 def solve(costs: dict[int, np.ndarray], rules: list[Rule], sinks: int, budget: float, weights: dict[int, float],
-          max_rules_per_layer: int = 2, time_limit: float = 60.0) -> list[list[Rule]] | None:
-    """One MILP solve; returns rules[layer][head] or None when infeasible."""
+          max_rules_per_layer: int = 2, time_limit: float = 60.0, budget_lengths: Sequence[int] = ()) -> list[list[Rule]] | None:
+    """One MILP solve; returns rules[layer][head] or None when infeasible. The density budget holds
+    at every profiled length and at every length of ``budget_lengths``."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
@@ -97,7 +114,7 @@ def solve(costs: dict[int, np.ndarray], rules: list[Rule], sinks: int, budget: f
         for r in range(R):
             rows.append(k); cols.append(yi(l, r)); vals.append(1.0)
         lo.append(0); hi.append(max_rules_per_layer); k += 1
-    for n in lengths:  # density budget at each length
+    for n in sorted(set(lengths) | set(budget_lengths)):  # density budget at each length
         d = np.array([band_density(r.span(n), n, sinks) for r in rules])
         for l in range(L):
             for h in range(H):
@@ -113,8 +130,10 @@ def solve(costs: dict[int, np.ndarray], rules: list[Rule], sinks: int, budget: f
     return [[rules[int(np.argmax(x[l, h]))] for h in range(H)] for l in range(L)]
 
 
-def pareto_plans(prof: dict, budget: float, sinks: int, model_id: str, alpha_step: int = 64, progress=None) -> list[Plan]:
-    """Plans for each weighting of the profiled lengths (each alone, then all equally), deduplicated."""
+def pareto_plans(prof: dict, budget: float, sinks: int, model_id: str, alpha_step: int = 64, progress=None,
+                 budget_lengths: Sequence[int] = ()) -> list[Plan]:
+    """Plans for each weighting of the profiled lengths (each alone, then all equally), deduplicated.
+    The budget also holds at ``budget_lengths`` (e.g. the validation or target length)."""
     maps, block = prof["maps"], prof["block"]
     lengths = sorted(maps)
     rules = candidate_rules(lengths, alpha_step)
@@ -122,7 +141,7 @@ def pareto_plans(prof: dict, budget: float, sinks: int, model_id: str, alpha_ste
     weightings = [{n: 1.0 for n in lengths}] + [{n: 1.0 if n == m else 1e-3 for n in lengths} for m in lengths]
     plans, seen = [], set()
     for i, w in enumerate(weightings):
-        sol = solve(costs, rules, sinks, budget, w)
+        sol = solve(costs, rules, sinks, budget, w, budget_lengths=budget_lengths)
         if progress:
             progress(i + 1, len(weightings))
         if sol is None:
@@ -133,6 +152,7 @@ def pareto_plans(prof: dict, budget: float, sinks: int, model_id: str, alpha_ste
         seen.add(key)
         plans.append(Plan(model_id, sol, sinks=sinks, block_size=block, density=budget, profiled_lengths=lengths,
                           meta={"weights": {str(k): v for k, v in w.items()}, "n_candidates": len(rules),
+                                "budget_lengths": sorted(set(lengths) | set(budget_lengths)),
                                 "profiled_cost": {str(n): float(sum(costs[n][l, h, rules.index(sol[l][h])]
                                                                     for l in range(len(sol)) for h in range(len(sol[0]))))
                                                   for n in lengths}}))

@@ -53,3 +53,34 @@ def test_profile_influence_matches_the_formula_on_a_tiny_model():
     # first-order check: removing one attention entry changes the loss by about the influence
     x = torch.rand(1, 1, 3, 3)
     assert _block_sum(x, 2).shape == (1, 2, 2)
+
+
+def test_budget_also_holds_at_extra_lengths():
+    L, H, lengths = 2, 4, (512, 1024)
+    maps = {}
+    for n in lengths:
+        nb = n // 64
+        m = torch.zeros(L, H, nb, nb)
+        m[:] = torch.eye(nb)
+        m[:, 0, nb - 1, 1] = 5.0
+        maps[n] = m
+    plans = pareto_plans({"maps": maps, "block": 64}, 0.5, 64, "toy", budget_lengths=[4096])
+    assert plans
+    for p in plans:
+        assert p.mean_density(4096) <= 0.5 + 1e-9
+        assert 4096 in p.meta["budget_lengths"]
+
+
+def test_sinks_should_cover_whole_tiles():
+    from ctxflow.attention.search import check_sinks
+
+    assert check_sinks(64, 64) is None and check_sinks(128, 64) is None
+    assert "multiple" in check_sinks(16, 64)
+    # with sinks = block, the first key tile costs nothing under any rule
+    rules = candidate_rules([512], alpha_step=64)
+    m = torch.zeros(1, 1, 8, 8)
+    m[0, 0, :, 0] = 1.0
+    c = cost_table({512: m}, rules, 64, 64)[512]
+    assert abs(c).max() < 1e-9
+    c16 = cost_table({512: m}, rules, 16, 64)[512]
+    assert c16.max() > 0.5  # fewer sinks than the tile: charged for sink influence the sinks keep
