@@ -13,7 +13,10 @@ emulated context (``LocalLM(max_context=--window)``, call cache off) and runs on
 turn, so the numbers are side by side in one process:
 
 truncation (the first window's worth of text, one call), stuff over top-k (MiniLM cosine top-k,
-one call), map_reduce, refine, pcw, nbce. A reply is correct when it contains one of the
+one call), map_reduce, refine, pcw_paper (PCW exactly as the paper: no attention rescale), pcw
+(all the chunks, as many windows as they fill, attention rescaled by 1/windows), pcw_topk
+(PCW over only the ``--pcw-keep`` windows most similar to the question by MiniLM cosine, the
+paper's retrieval-QA setting), nbce. A reply is correct when it contains one of the
 answer's keywords (case-insensitive). Reported per strategy: accuracy, LLM calls (prompts
 sent; PCW/NBCE: 1 each), tokens processed (prompt + generated tokens run through the model;
 NBCE counts every row), wall time. Results are written after every task (an interrupted run
@@ -42,12 +45,14 @@ sys.path.insert(0, str(ROOT))
 DOC = ROOT / "examples" / "data" / "jargon.txt"
 QUESTIONS = ROOT / "examples" / "data" / "jargon_questions.json"
 OUT = ROOT / "bench" / "results" / "aggregate.json"
-STRATEGIES = ("truncation", "stuff_topk", "map_reduce", "refine", "pcw", "nbce")
+STRATEGIES = ("truncation", "stuff_topk", "map_reduce", "refine", "pcw_paper", "pcw", "pcw_topk", "nbce")
 
 ADJ = ["amber", "northern", "silent", "copper", "eastern", "hidden", "granite", "scarlet", "frozen", "velvet"]
 NOUN = ["vault", "archive", "lighthouse", "observatory", "greenhouse", "workshop", "tower", "library"]
 NAMES = ["Mirela Osk", "Tobin Vashti", "Ilse Marrow", "Dario Quell", "Hanne Strom", "Kofi Adler", "Petra Lind"]
 TOWNS = ["Bergholm", "Castelnau", "Varkaus", "Oldcastle", "Tremadoc", "Lindau", "Porvoo"]
+COLORS = {"truncation": "#999", "stuff_topk": "#6a9", "map_reduce": "#58c", "refine": "#58c", "pcw_paper": "#dba", "pcw": "#c63",
+          "pcw_topk": "#e96", "nbce": "#c63"}
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
@@ -138,8 +143,20 @@ def run_strategy(name: str, llm, emb, chunks, question: str, args) -> dict:
                                                collapse_tokens=args.map_tokens), chunks
         elif name == "refine":
             comp, given = refine.Refine(llm=llm, max_new_tokens=args.new_tokens), chunks
-        elif name == "pcw":
-            comp, given = pcw.PCW(llm=llm, max_new_tokens=args.new_tokens, dedupe=args.pcw_dedupe), chunks
+        elif name in ("pcw", "pcw_topk", "pcw_paper"):
+            kw = dict(llm=llm, max_new_tokens=args.new_tokens, dedupe=args.pcw_dedupe,
+                      rescale=0.0 if name == "pcw_paper" else args.pcw_rescale,
+                      question_in_windows=args.pcw_question_in_windows, answer_prefix=args.pcw_answer_prefix)
+            given = chunks
+            if name == "pcw_topk" and isinstance(emb, list):  # precomputed top-k: rank windows by those scores
+                from ctxflow.types import Scored
+
+                best = {int(j): len(emb) - r for r, j in enumerate(emb)}
+                given = [Scored(item=c, score=float(best.get(j, -1))) for j, c in enumerate(chunks)]
+                kw.update(keep_windows=args.pcw_keep, rank="score")
+            elif name == "pcw_topk":
+                kw.update(keep_windows=args.pcw_keep, rank="embedding", embedder=emb)
+            comp = pcw.PCW(**kw)
         else:
             comp, given = nbce.NBCE(llm=llm, max_new_tokens=args.new_tokens), chunks
         try:
@@ -173,7 +190,7 @@ def plot(data: dict, path: Path) -> None:
     names = [k for k in STRATEGIES if k in s]
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
     for a, key, label in zip(ax, ("accuracy", "tokens", "wall_s"), ("accuracy", "tokens processed / question", "wall s / question")):
-        a.bar(names, [s[n][key] for n in names], color=["#999", "#6a9", "#58c", "#58c", "#c63", "#c63"][: len(names)])
+        a.bar(names, [s[n][key] for n in names], color=[COLORS[n] for n in names])
         a.set_title(label)
         a.tick_params(axis="x", rotation=35)
     fig.suptitle(f"{data['config']['model']} , window {data['config']['window']} tokens, documents "
@@ -194,6 +211,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", default="default")
     ap.add_argument("--pcw-dedupe", default="prefix", choices=["prefix", "bos", "none"])
+    ap.add_argument("--pcw-rescale", type=float, default=1.0, help="PCW attention rescale (0: the paper's PCW)")
+    ap.add_argument("--pcw-keep", type=int, default=3, help="pcw_topk: windows kept (MiniLM cosine)")
+    ap.add_argument("--pcw-question-in-windows", action="store_true")
+    ap.add_argument("--pcw-answer-prefix", default="")
+    ap.add_argument("--note", default=None, help="the config note (e.g. the machine's load during the run)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--topk-json", default=None, help="precomputed MiniLM top-k chunk indices per task (no embedder here)")
     ap.add_argument("--write-topk", default=None, help="only compute the top-k chunk indices per task into this file")
@@ -203,6 +225,8 @@ def main() -> None:
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--shard", default="0/1", help="i/n: run tasks i, i+n, ... into <out>.shard<i>.json (then --merge)")
     ap.add_argument("--merge", type=int, default=0, help="merge n shard files into --out and plot")
+    ap.add_argument("--merge-extra", default=None, help="with --merge: also fold in the n shards of this --out "
+                                                          "(other strategies run later on the same tasks), by task index")
     args = ap.parse_args()
     out = Path(args.out)
     if args.plot_only:
@@ -211,7 +235,18 @@ def main() -> None:
     if args.merge:
         parts = [json.loads(out.with_suffix(f".shard{i}.json").read_text()) for i in range(args.merge)]
         data = {**parts[0], "tasks": sorted((t for p in parts for t in p["tasks"]), key=lambda t: t["index"])}
+        if args.merge_extra:
+            extra = Path(args.merge_extra)
+            more = {t["index"]: t for i in range(args.merge) for t in json.loads(extra.with_suffix(f".shard{i}.json").read_text())["tasks"]}
+            for t in data["tasks"]:
+                e = more.get(t["index"])
+                if e is not None:
+                    assert e["question"] == t["question"], f"task {t['index']} differs between the runs"
+                    t["results"].update(e["results"])
+            data["config"]["merged_extra"] = sorted({s for e in more.values() for s in e["results"]})
         data["config"]["shards"] = args.merge
+        if args.note:
+            data["config"]["note"] = args.note
         data["summary"] = summarize(data["tasks"])
         out.write_text(json.dumps(data, indent=1))
         plot(data, out.with_suffix(".png"))
@@ -250,9 +285,11 @@ def main() -> None:
                        "top_k": args.top_k, "new_tokens": args.new_tokens, "map_tokens": args.map_tokens, "seed": args.seed,
                        "calls_note": "LLM calls = prompts sent; PCW is one grey-box generation; NBCE one batched generation "
                                      "whose rows (no-context row + one per context) are counted as prompts",
-                       "threads": args.threads, "tasks": args.tasks, "pcw_dedupe": args.pcw_dedupe, "device": args.device, "topk_precomputed": bool(topk), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                       "note": "CPU machine shared with other jobs (load average > 10 on 2 cores): wall times are "
-                               "inflated, compare them only with each other"},
+                       "threads": args.threads, "tasks": args.tasks, "pcw_dedupe": args.pcw_dedupe, "pcw_rescale": args.pcw_rescale,
+                       "pcw_keep": args.pcw_keep, "pcw_question_in_windows": args.pcw_question_in_windows,
+                       "pcw_answer_prefix": args.pcw_answer_prefix, "device": args.device, "topk_precomputed": bool(topk), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                       "note": args.note or "CPU machine shared with other jobs: wall times are inflated, compare "
+                                            "them only with each other"},
             "tasks": [], "summary": {}}
     for i, task in enumerate(tasks):
         if i % n_shards != shard:

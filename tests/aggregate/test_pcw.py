@@ -1,12 +1,18 @@
 """PCW on the real model: the correctness oracles of the method, plus packing and errors."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from ctxflow.aggregate.pcw import PCW, make_windows, pcw_generate, pcw_prefill, template_parts, token_ids, specials
+from ctxflow.aggregate.nbce import NBCE
+from ctxflow.aggregate.pcw import (PCW, PROMPT_Q, make_windows, pcw_generate, pcw_prefill, rank_windows, specials,
+                                   template_parts, token_ids, window_bias, with_prefix)
 from ctxflow.aggregate.stuff import PROMPT
 from ctxflow.errors import UserError
+from ctxflow.llm.base import Embedder
 from ctxflow.llm.local import LocalLM
 from ctxflow.types import Chunk
 
@@ -28,25 +34,39 @@ def _chunk(text: str) -> Chunk:
     return Chunk(doc_id="d", index=0, start=0, end=len(text), text=text)
 
 
-def test_one_window_is_plain_greedy_generation(raw):
-    ans = PCW(llm=raw, max_new_tokens=12).run(chunks=[_chunk(TEXT)], question=Q)["answer"]
-    ref = raw.generate([PROMPT.format(context=TEXT, question=Q)], max_new_tokens=12)[0]
+@pytest.mark.parametrize("question_in_windows,answer_prefix,rescale", [
+    (False, "", 1.0), (True, "", 1.0), (False, "Answer:", 0.0), (True, "Answer:", 1.0)])
+def test_one_window_is_plain_greedy_generation(raw, question_in_windows, answer_prefix, rescale):
+    """With one window PCW is ordinary greedy generation on the same prompt, whatever the prompt
+    options (the question in the window, an answer prefix) and the rescale (zero with one window)."""
+    ans = PCW(llm=raw, max_new_tokens=12, question_in_windows=question_in_windows, answer_prefix=answer_prefix,
+              rescale=rescale).run(chunks=[_chunk(TEXT)], question=Q)["answer"]
+    prompt = (PROMPT_Q if question_in_windows else PROMPT).format(context=TEXT, question=Q)
+    ref = raw.generate([with_prefix(prompt, answer_prefix)], max_new_tokens=12)[0]
     assert ans.trace["windows"] == 1
     assert ans.text == ref.text.strip() and ans.trace["completion_tokens"] == ref.n_tokens
     assert ans.text  # the model said something
 
 
-@pytest.mark.parametrize("dedupe", ["bos", "prefix"])
-def test_task_logits_equal_one_pass_with_explicit_mask(raw, dedupe):
+def test_question_in_windows_puts_the_question_before_the_context_and_in_the_task(raw):
+    head, tail = template_parts(raw, PROMPT_Q, Q, answer_prefix="Answer:")
+    assert Q in head and Q in tail and tail.endswith("Answer:")
+    head0, tail0 = template_parts(raw, PROMPT, Q)
+    assert Q not in head0 and Q in tail0
+
+
+@pytest.mark.parametrize("dedupe,rescale", [("bos", 0.0), ("prefix", 0.0), ("prefix", 1.0), ("bos", 0.5)])
+def test_task_logits_equal_one_pass_with_explicit_mask(raw, dedupe, rescale):
     """Several windows of different lengths: PCW's task-token logits equal those of ONE forward
     pass over [window 1 | window 2 (minus shared tokens) | window 3 (...) | task] with the
-    block-diagonal 4-D mask and the PCW position ids."""
+    block-diagonal 4-D mask and the PCW position ids; with ``rescale`` the task tokens' mask
+    carries −rescale·log(3) on every window's own tokens (not on the shared prefix)."""
     head, tail = template_parts(raw, PROMPT, Q)
     sp = specials(raw, True)
     texts = [TEXT, "Tides at Karsk are strongest in March.", "The island ferry leaves at nine every morning and returns at six."]
     wins = [token_ids(raw, head + t, sp) for t in texts]
     task = token_ids(raw, tail)
-    logits, _, info = pcw_prefill(raw, wins, task, dedupe)  # (m, V)
+    logits, _, info = pcw_prefill(raw, wins, task, dedupe, rescale)  # (m, V)
 
     starts, max_len = info["starts"], info["max_len"]
     assert max_len == max(map(len, wins)) and starts[0] == 0
@@ -62,15 +82,27 @@ def test_task_logits_equal_one_pass_with_explicit_mask(raw, dedupe):
     owner += [-1] * len(task)
     n = len(seq)
     allowed = torch.zeros((n, n), dtype=torch.bool)
+    bias = torch.zeros((n, n))
     for q in range(n):
         for k in range(q + 1):
             same = owner[k] == owner[q]
             shared = owner[k] == 0 and pos[k] < starts[owner[q]]  # the copy of the prefix all windows share
             allowed[q, k] = owner[q] == -1 or same or shared
-    mask = torch.zeros((1, 1, n, n)).masked_fill(~allowed, torch.finfo(torch.float32).min)
+            if owner[q] == -1 and owner[k] >= 0 and not (owner[k] == 0 and pos[k] < starts[1]):
+                bias[q, k] = -rescale * math.log(len(wins))
+    mask = bias.masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
     ref, _ = raw.forward([seq], attention_mask=mask, position_ids=[pos], use_cache=False)
     assert torch.allclose(logits, ref[0, K:], atol=1e-4, rtol=1e-4), float((logits - ref[0, K:]).abs().max())
     assert logits.shape == (len(task), ref.shape[-1])
+    if rescale:  # the bias changes the answer's distribution
+        plain, _, _ = pcw_prefill(raw, wins, task, dedupe, 0.0)
+        assert not torch.allclose(plain, logits, atol=1e-3)
+
+
+def test_window_bias():
+    b = window_bias([0, 5, 5], [12, 9, 7], 1.0)
+    assert b.shape == (12 + 4 + 2,) and (b[:5] == 0).all() and torch.allclose(b[5:], torch.full((13,), -math.log(3)))
+    assert (window_bias([0, 5, 5], [12, 9, 7], 0.0) == 0).all() and (window_bias([0], [12], 1.0) == 0).all()
 
 
 def test_generation_with_several_windows_is_consistent(raw):
@@ -80,8 +112,8 @@ def test_generation_with_several_windows_is_consistent(raw):
     sp = specials(raw, True)
     wins = [token_ids(raw, head + t, sp) for t in (TEXT, "Tides at Karsk are strongest in March.")]
     task = token_ids(raw, tail)
-    logits, _, info = pcw_prefill(raw, wins, task, "bos")
-    out = pcw_generate(raw, wins, task, max_new_tokens=4, dedupe="bos")
+    logits, _, info = pcw_prefill(raw, wins, task, "bos", 1.0)
+    out = pcw_generate(raw, wins, task, max_new_tokens=4, dedupe="bos", rescale=1.0)
     assert out["ids"] and out["ids"][0] == int(logits[-1].argmax())
     assert info["cache_tokens"] == len(wins[0]) + len(wins[1]) - 1
 
@@ -104,6 +136,64 @@ def test_emulated_context_is_respected_and_long_input_uses_many_windows(raw):
     assert t["chunks_dropped"] == 0
 
 
+class WordEmbedder(Embedder):
+    """A scripted embedder: the vector counts a few words, so similarity = shared words."""
+    WORDS = ["lighthouse", "door", "red", "harbour", "ferry"]
+    dim = len(WORDS)
+
+    def embed(self, texts, kind="passage"):
+        return np.array([[t.lower().count(w) for w in self.WORDS] for t in texts], dtype=float)
+
+
+def test_keep_windows_keeps_the_best_in_order(raw):
+    """More windows than ``keep_windows``: the best by embedding similarity are kept, in their
+    original order; the others' chunks count as dropped."""
+    small = LocalLM(cache=False, max_context=160)
+    filler = [f"Sentence {i} says the harbour is calm and grey today, nothing more of note." for i in range(8)]
+    texts = filler[:3] + [TEXT] + filler[3:6] + ["The ferry to the lighthouse leaves at nine."] + filler[6:]
+    chunks = make_chunks(texts)
+    ans = PCW(llm=small, max_new_tokens=8, window_tokens=40, keep_windows=2, embedder=WordEmbedder()).run(
+        chunks=chunks, question=Q)["answer"]
+    t = ans.trace
+    assert t["windows"] == 2 and t["windows_packed"] > 2 and t["rank"] == "embedding"
+    assert t["chunks_used"] + t["chunks_dropped"] == len(chunks)
+    assert len(t["window_scores"]) == t["windows_packed"]
+    wins, _ = make_windows(small, chunks, 40)
+    best, scores = rank_windows(small, wins, Q, 2, "embedding", WordEmbedder())
+    top = sorted(sorted(range(len(wins)), key=lambda i: -scores[i])[:2])
+    assert best == [wins[i] for i in top] and any(TEXT in c.text for w in best for c in w)
+
+
+def test_rank_by_incoming_score_and_order(raw):
+    chunks = make_chunks([f"word{i} " * 30 for i in range(6)])
+    wins, _ = make_windows(raw, chunks, 35)
+    assert len(wins) == 6
+    scores = {c.id: float(i % 3) for i, c in enumerate(chunks)}  # best: chunks 2 and 5
+    best, _ = rank_windows(raw, wins, Q, 2, "score", scores=scores)
+    assert [w[0].index for w in best] == [2, 5]
+    assert rank_windows(raw, wins, Q, 2, "order")[0] == wins[:2]
+
+
+@pytest.mark.parametrize("kind", ["pcw", "nbce"])
+def test_stop_string_cuts_exactly_where_the_unstopped_text_has_it(raw, kind):
+    """Stopped text == the unstopped text cut before the first occurrence of the stop string,
+    and the reason is 'stop'."""
+    chunks = [_chunk(TEXT), _chunk("Tides at Karsk are strongest in March.")]
+
+    def run(stop=None):
+        comp = PCW(llm=raw, max_new_tokens=16, stop=stop) if kind == "pcw" else NBCE(llm=raw, max_new_tokens=16, stop=stop)
+        return comp.run(chunks=chunks, question=Q)["answer"]
+
+    full = run()
+    words = full.text.split()
+    assert len(words) >= 4, full.text
+    stop = " " + words[2]  # a string that appears mid-answer
+    cut = full.text[: full.text.find(stop)]
+    got = run([stop])
+    assert got.text == cut.strip() and got.trace["finish_reason"] == "stop"
+    assert run(["no such string anywhere"]).text == full.text
+
+
 def test_bad_parameters():
     with pytest.raises(UserError):
         PCW(llm="llm", prompt="no slots here")
@@ -111,3 +201,11 @@ def test_bad_parameters():
         PCW(llm="llm", dedupe="all")
     with pytest.raises(UserError):
         PCW(llm="llm", n_windows=0)
+    with pytest.raises(UserError):
+        PCW(llm="llm", keep_windows=0)
+    with pytest.raises(UserError, match="rescale"):
+        PCW(llm="llm", rescale=-1)
+    with pytest.raises(UserError, match="rank"):
+        PCW(llm="llm", rank="luck")
+    with pytest.raises(UserError, match="embedder"):
+        PCW(llm="llm", keep_windows=2)  # rank 'embedding' without an embedder

@@ -34,7 +34,8 @@ def test_black_box_strategies_run_from_yaml(kind, params):
     assert loads(dumps(p)).to_dict() == p.to_dict()
 
 
-@pytest.mark.parametrize("kind,params", [("pcw", ", n_windows: 3, dedupe: bos"), ("nbce", ", beta: 0.5, pooling: mean")])
+@pytest.mark.parametrize("kind,params", [("pcw", ", n_windows: 3, dedupe: bos"), ("nbce", ", beta: 0.5, pooling: mean"),
+                                         ("pcw", ", keep_windows: 2, rank: relevance, rescale: 0.5, answer_prefix: 'Answer:'")])
 def test_grey_box_strategies_need_a_local_model(kind, params):
     with pytest.raises(SpecError, match="grey-box"):
         loads(SPEC.format(model="fake", kind=kind, params=params)).validate()
@@ -45,6 +46,7 @@ def test_grey_box_strategies_need_a_local_model(kind, params):
 
 @pytest.mark.parametrize("kind,params,what", [
     ("pcw", ", dedupe: everything", "dedupe"),
+    ("pcw", ", rank: luck", "rank"),
     ("nbce", ", pooling: max", "pooling"),
     ("map_reduce", ", mode: poem", "mode"),
     ("refine", ", early_stop: 0", "early_stop"),
