@@ -19,6 +19,12 @@ Vectors. Embedding 1M real chunks is far too slow on this machine, so:
     HF_HUB_OFFLINE=1 python bench/retrieval.py                 # 100k and 1M (about 15 min on 2 cores)
     HF_HUB_OFFLINE=1 python bench/retrieval.py --sizes 100000  # quick
 
+* real at scale (``--real-dir``): 101k chunks of real text (the Jargon File and the Python sources and
+  docs of installed packages) embedded with the same MiniLM weights by ``bench/embed_corpus.py`` on the
+  lent GPU machine (fp16; 2 calls of 50.5k rows, each under the 64 MiB a call may return); 100k base
+  vectors, 1k held-out chunks as queries. This is the row the 100k goal is judged on: nearest
+  neighbours of real text embeddings are far better separated than in the Gaussian model.
+
 Writes bench/results/retrieval.json and bench/results/retrieval.png (recall@10 vs ms/query).
 """
 from __future__ import annotations
@@ -185,7 +191,7 @@ def bench_size(xb: np.ndarray, xq: np.ndarray, a: argparse.Namespace, big: bool)
         idx.add(xb)
         build = time.perf_counter() - t
         grow = rss_mb() - r0
-        for ef in ((16, 32, 64, 128) if big else (16, 32, 64, 128, 256)):
+        for ef in ((16, 32, 64, 128) if big else (16, 32, 48, 64, 96, 128, 256)):
             idx.hnsw.efSearch = ef
             ids, bms, sms = time_queries(idx, xq, a.threads, a.single)
             out["rows"].append(row("hnsw", {"M": m, "efConstruction": efc, "efSearch": ef}, build, hnsw_bytes(idx), grow,
@@ -219,7 +225,8 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = list(res["synthetic"]) + list(res.get("synthetic_alt", [])) + ([res["real_sample"]] if res.get("real_sample") else [])
+    sets = ([res["real_100k"]] if res.get("real_100k") else []) + list(res["synthetic"]) + list(res.get("synthetic_alt", [])) \
+        + ([res["real_sample"]] if res.get("real_sample") else [])
     cols = min(2, len(sets))
     rows = (len(sets) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 5 * rows), squeeze=False)
@@ -256,6 +263,9 @@ def main() -> None:
     ap.add_argument("--real-chunks", type=int, default=500, help="real chunks embedded (batched throughput, fitted model)")
     ap.add_argument("--single-embed", type=int, default=50, help="chunks embedded one at a time")
     ap.add_argument("--embed-cache", help="PATH prefix: reuse/keep the real embeddings (PATH.npy, PATH.json) between runs")
+    ap.add_argument("--real-dir", help="folder of bench/embed_corpus.py output (emb_<part>_<k>.npy + emb_<part>.json): "
+                                         "real embeddings at scale; the first --real-n rows are the base, the rest the queries")
+    ap.add_argument("--real-n", type=int, default=100_000)
     ap.add_argument("--out", default=str(ROOT / "bench/results/retrieval.json"))
     a = ap.parse_args()
     faiss.omp_set_num_threads(a.threads)
@@ -278,6 +288,27 @@ def main() -> None:
     rs = bench_size(real[:nb], real[nb:], small, big=False)
     rs["label"] = "real MiniLM embeddings of jargon.txt chunks"
     res["real_sample"] = rs
+    if a.real_dir:
+        d = Path(a.real_dir)
+        parts = sorted(d.glob("emb_*.json"), key=lambda f: int(f.stem.split("_")[1]))
+        files = sorted(d.glob("emb_*_*.npy"), key=lambda f: tuple(int(x) for x in f.stem.split("_")[1:]))
+        xr = np.concatenate([np.load(f) for f in files]).astype(np.float32)
+        faiss.normalize_L2(xr)  # stored as float16
+        descs = [json.loads(f.read_text()) for f in parts]
+        if len({x["text_sha1"] for x in descs}) != 1:
+            raise SystemExit(f"{d}: the parts were embedded from different corpora (text_sha1 differs)")
+        print(f"real at scale: {a.real_n} base / {len(xr) - a.real_n} queries from {d}", flush=True)
+        rr = bench_size(xr[: a.real_n], xr[a.real_n:], a, big=False)
+        rr["label"] = "real MiniLM embeddings of text chunks (Jargon File + Python package sources/docs)"
+        rr["corpus"] = {k: v for k, v in descs[0].items() if k != "rows"} | {
+            "recipe": "bench/embed_corpus.py on the lent GPU machine (fp16 MiniLM, same weights as the default embedder); "
+                      "queries are held-out chunks of the same corpus (not in the base set)"}
+        goal = [r for r in rr["rows"] if r["index"] != "flat" and r["recall_at_10"] >= 0.97]
+        rr["fastest_at_recall_0.97"] = {"batched": min(goal, key=lambda r: r["ms_per_query_batched"], default=None),
+                                        "single": min(goal, key=lambda r: r["ms_per_query_single"], default=None)}
+        res["real_100k"] = rr
+        del xr
+        gc.collect()
     model = ClusteredModel(real)
     res["synthetic_model"] = model.desc
     res["synthetic"] = []
