@@ -2,7 +2,7 @@
 
     ctxflow moa profile [--model default] [--lengths 1024,2048] [--samples 3] [--block 64] -o PROFILE.pt
     ctxflow moa search PROFILE.pt --density 0.5 [--sinks 64] [--validate 1536] [--budget-lengths 4096] -o PLAN.json
-    ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 1024] [--json OUT]
+    ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 2048] [--retrieval-length 1024] [--json OUT]
 """
 from __future__ import annotations
 
@@ -134,7 +134,13 @@ def cmd_eval(args) -> int:
         backends[f"streaming_{int(d * 100)}"] = {"type": "streaming", "density": d, "sinks": sinks, "length": args.length}
         backends[f"moa_{int(d * 100)}"] = spec
     bar = _bar(len(backends), "backends")
-    table = quality_table(backends, args.length, args.windows, args.keys, args.threads, progress=lambda i, k, n, r: bar.update(1))
+    try:
+        depth = tuple(float(x) for x in args.depth.split(","))
+        assert len(depth) == 2 and 0 <= depth[0] <= depth[1] <= 1
+    except (ValueError, AssertionError):
+        raise UserError(f"--depth must be LO,HI with 0 <= LO <= HI <= 1, got {args.depth!r}") from None
+    table = quality_table(backends, args.length, args.windows, args.keys, args.threads, progress=lambda i, k, n, r: bar.update(1),
+                          depth=depth, retrieval_length=args.retrieval_length)
     bar.close()
     print(f"| backend | perplexity | vs dense | pass-key accuracy |\n|---|---|---|---|")
     for name, r in table["rows"].items():
@@ -177,6 +183,9 @@ def register(sub) -> None:
     c.add_argument("--length", type=int, default=1024)
     c.add_argument("--windows", type=int, default=4)
     c.add_argument("--keys", type=int, default=8)
+    c.add_argument("--retrieval-length", type=int, default=None, help="pass-key prompt length (default: --length); "
+                   "SmolLM2-135M dense finds no key in 2048-token prompts, it does in 1024")
+    c.add_argument("--depth", default="0.05,0.3", help="LO,HI: share of the text before the pass key (uniform)")
     c.add_argument("--threads", type=int, default=None)
     c.add_argument("--json", default=None)
     c.set_defaults(fn=cmd_eval)
