@@ -34,12 +34,11 @@ with :mod:`ctxflow.aggregate.nbce`.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Sequence, Union
+from typing import Any, Sequence
 
 from ..errors import ContextOverflowError, UserError
 from ..events import emit, progress
-from ..graph.component import Component, LLMRef, _Ref, component
-from ..llm.base import Embedder
+from ..graph.component import Component, LLMRef, OptionalEmbedderRef, component
 from ..types import Answer, Chunk
 from .base import ChunkList, best_span, check_question, in_order, support
 from .stuff import PROMPT
@@ -54,7 +53,6 @@ PROMPT_Q = (
     "Context:\n{context}\n\n"
     "Question: {question}"
 )
-OptionalEmbedderRef = Annotated[Union[str, Embedder, None], _Ref("embedder")]
 RANKS = ("embedding", "score", "relevance", "order")
 
 

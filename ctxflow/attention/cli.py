@@ -136,9 +136,10 @@ def cmd_eval(args) -> int:
     bar = _bar(len(backends), "backends")
     try:
         depth = tuple(float(x) for x in args.depth.split(","))
-        assert len(depth) == 2 and 0 <= depth[0] <= depth[1] <= 1
-    except (ValueError, AssertionError):
-        raise UserError(f"--depth must be LO,HI with 0 <= LO <= HI <= 1, got {args.depth!r}") from None
+    except ValueError:
+        depth = ()
+    if not (len(depth) == 2 and 0 <= depth[0] <= depth[1] <= 1):
+        raise UserError(f"--depth must be LO,HI with 0 <= LO <= HI <= 1, got {args.depth!r}")
     table = quality_table(backends, args.length, args.windows, args.keys, args.threads, progress=lambda i, k, n, r: bar.update(1),
                           depth=depth, retrieval_length=args.retrieval_length)
     bar.close()

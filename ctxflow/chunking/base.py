@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Annotated, Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence
 
 from ..errors import SpecError, UserError
-from ..graph.component import Component, _Ref
+from ..graph.component import Component
 from ..llm.base import LLM
 from ..types import Chunk
 
 #: an optional LLM reference: a model name (bound by the pipeline), an LLM object, or None for
 #: the built-in regex tokenizer. (``LLMRef | None`` would hide the reference from
 #: ``resource_params``, which only looks at the top-level annotation.)
-OptionalLLMRef = Annotated[Union[str, LLM, None], _Ref("llm")]
 
 #: Han ideographs and kana: scripts written without spaces, one token per character
 _CJK = "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f"

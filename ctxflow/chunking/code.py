@@ -10,7 +10,8 @@ from typing import Any
 from ..errors import SpecError
 from ..graph.component import component
 from ..types import Chunk
-from .base import Chunker, LineIndex, OptionalLLMRef, Pieces, Range, build_chunks, check_size, merge_units, split_units
+from .base import Chunker, LineIndex, Pieces, Range, build_chunks, check_size, merge_units, split_units
+from ..graph.component import OptionalLLMRef
 
 PYTHON_EXTENSIONS = frozenset({".py", ".pyi", ".pyw"})
 _LANGUAGES = {

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from ..graph.component import component
 from ..types import Chunk
-from .base import Chunker, OptionalLLMRef, build_chunks, check_size, recursive_ranges
+from .base import Chunker, build_chunks, check_size, recursive_ranges
+from ..graph.component import OptionalLLMRef
 
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*\r?$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*\r?$")

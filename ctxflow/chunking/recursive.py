@@ -4,7 +4,8 @@ from __future__ import annotations
 from ..errors import SpecError
 from ..graph.component import component
 from ..types import Chunk
-from .base import DEFAULT_SEPARATORS, Chunker, OptionalLLMRef, build_chunks, check_size, recursive_ranges
+from .base import DEFAULT_SEPARATORS, Chunker, build_chunks, check_size, recursive_ranges
+from ..graph.component import OptionalLLMRef
 
 
 @component("chunk.recursive", outputs={"chunks": list[Chunk]})

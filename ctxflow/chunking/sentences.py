@@ -6,7 +6,8 @@ import re
 from ..errors import SpecError
 from ..graph.component import component
 from ..types import Chunk
-from .base import Chunker, OptionalLLMRef, Range, build_chunks, check_size, strip_range, window_ranges
+from .base import Chunker, Range, build_chunks, check_size, strip_range, window_ranges
+from ..graph.component import OptionalLLMRef
 
 #: lower-cased words that end with a period without ending a sentence
 ABBREVIATIONS = frozenset("""

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..graph.component import component
 from ..types import Chunk
-from .base import Chunker, OptionalLLMRef, build_chunks, check_size, token_windows
+from .base import Chunker, build_chunks, check_size, token_windows
+from ..graph.component import OptionalLLMRef
 
 
 @component("chunk.tokens", outputs={"chunks": list[Chunk]})

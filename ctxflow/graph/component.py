@@ -50,6 +50,9 @@ class _Ref:
 LLMRef = Annotated[Union[str, LLM], _Ref("llm")]
 #: an init parameter naming a shared embedder or holding an Embedder object
 EmbedderRef = Annotated[Union[str, Embedder], _Ref("embedder")]
+#: the same, for components where the model is optional (None: not used)
+OptionalLLMRef = Annotated[Union[str, LLM, None], _Ref("llm")]
+OptionalEmbedderRef = Annotated[Union[str, Embedder, None], _Ref("embedder")]
 
 _MISSING = inspect.Parameter.empty
 

@@ -13,22 +13,19 @@ them, as hits whose ``meta`` lists the facts and cites the chunk's offsets.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Iterable, Union
+from typing import Any, Iterable
 
 import networkx as nx
 import numpy as np
 
 from ..errors import UserError
-from ..graph.component import _Ref, component
-from ..llm.base import LLM, Embedder
+from ..graph.component import OptionalEmbedderRef, OptionalLLMRef, component
 from ..types import Chunk, Citation, Scored
 from .base import BankComponent, MemoryBank, chunks_from_jsonl, chunks_to_jsonl, hit
 from .extract import extract, normalize_entity, normalize_relation
 from .store import json_bytes, register_bank
 
 #: optional model references (``LLMRef | None`` would hide the reference from the pipeline)
-OptionalLLMRef = Annotated[Union[str, LLM, None], _Ref("llm")]
-OptionalEmbedderRef = Annotated[Union[str, Embedder, None], _Ref("embedder")]
 EXTRACTORS = ("rules", "llm", "both")
 
 

@@ -27,10 +27,11 @@ from pydantic import BaseModel
 
 from ..errors import StoreError, UserError
 from ..graph.component import component
+from ..graph.component import OptionalEmbedderRef, OptionalLLMRef
 from ..types import Chunk, Scored
 from .base import BankComponent, MemoryBank, hit
 from .extract import extract, normalize_entity, normalize_relation
-from .graph import EXTRACTORS, OptionalEmbedderRef, OptionalLLMRef
+from .graph import EXTRACTORS
 from .store import FORMAT, MANIFEST, check_bank, check_embedder, embedder_info, read_manifest, register_bank, store_lock, write_manifest
 
 DB = "triples.sqlite"

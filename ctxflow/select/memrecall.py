@@ -22,22 +22,18 @@ is returned in document order. The original judge is a trained RoBERTa; ours nee
 """
 from __future__ import annotations
 
-from typing import Annotated, Union
-
 import numpy as np
 
 from ..aggregate.base import check_question, unwrap
 from ..errors import UserError
 from ..events import progress
-from ..graph.component import Component, _Ref, component
+from ..graph.component import Component, OptionalEmbedderRef, OptionalLLMRef, component
 from ..llm.base import LLM, Embedder
 from ..memory.bm25 import BM25Bank, tokenize
 from ..types import Chunk, Scored
 from .blocks import blocks_of_chunks, make_blocks
 from .scoring import relevance_logodds, zscore
 
-OptionalLLMRef = Annotated[Union[str, LLM, None], _Ref("llm")]
-OptionalEmbedderRef = Annotated[Union[str, Embedder, None], _Ref("embedder")]
 JUDGES = ("llm", "embedding")
 MEMORY_JUDGE_PROMPT = (
     "Known facts:\n{memory}\n\nPassage:\n{context}\n\nQuestion: {question}\n"

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from ..aggregate.base import ChunkList, budget_for, check_question, unwrap
-from ..chunking.base import OptionalLLMRef
+from ..graph.component import OptionalLLMRef
 from ..chunking.code import CodeChunker
 from ..errors import UserError
 from ..graph.component import Component, LLMRef, component
