@@ -1,6 +1,6 @@
 """``ctxflow moa profile | search | eval``: MoA plans for a local model, from profile to quality table.
 
-    ctxflow moa profile [--model default] [--lengths 1024,2048] [--samples 3] [--block 64] -o PROFILE.pt
+    ctxflow moa profile [--model default] [--lengths 1024,2048] [--samples 6] [--objective mixed] [--block 64] -o PROFILE.pt
     ctxflow moa search PROFILE.pt --density 0.5 [--sinks 64] [--validate 1536] [--budget-lengths 4096] -o PLAN.json
     ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 2048] [--retrieval-length 1024] [--json OUT]
 """
@@ -38,25 +38,26 @@ def cmd_profile(args) -> int:
         raise UserError("--samples must be >= 1 and --block >= 8")
     llm = LocalLM(args.model, threads=args.threads)
     bar = _bar(len(lengths) * args.samples, "profiling")
-    prof = profile(llm, lengths, args.samples, block=args.block, seed=args.seed, progress=lambda n, i, k: bar.update(1))
+    prof = profile(llm, lengths, args.samples, block=args.block, seed=args.seed, progress=lambda n, i, k: bar.update(1),
+                   objective=args.objective, normalize_samples=not args.raw_samples)
     bar.close()
     save_profile(prof, args.out, llm.model_id)
     print(json.dumps({"profile": str(args.out), "lengths": lengths, "losses": prof["losses"]}))
     return 0
 
 
-def validation_loss_fn(llm, length: int, n: int, seed: int = 123):
-    """A function plan -> mean NLL of the dense model's own answers to ``n`` unseen calibration
-    prompts of ``length`` tokens, under that plan."""
+def validation_loss_fn(llm, length: int, n: int, seed: int = 123, objective: str = "mixed"):
+    """A function plan -> mean NLL, under that plan, of ``n`` unseen calibration samples of
+    ``length`` tokens (the dense model's own answers to questions and/or the second halves of text
+    windows, as ``objective`` says; the same kinds the profile used)."""
     import torch
 
-    from .data import answer_with, calibration_samples
+    from .data import answer_with, calibration_samples, sample_ids
     from .kernels import apply_plan, remove_plan
 
-    samples = answer_with(llm, calibration_samples(llm.count_tokens, length - 72, n, seed))
+    samples = answer_with(llm, calibration_samples(llm.count_tokens, length - 72, n, seed, objective=objective, text_tokens=length))
     model = llm.model
-    pairs = [(llm.encode([{"role": "user", "content": s.prompt}], chat=True), llm.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:32])
-             for s in samples]
+    seqs = [sample_ids(llm, s) for s in samples]
 
     def loss(plan) -> float:
         old = model.config._attn_implementation
@@ -64,11 +65,11 @@ def validation_loss_fn(llm, length: int, n: int, seed: int = 123):
         try:
             tot = []
             with torch.inference_mode():
-                for p, a in pairs:
-                    ids = torch.tensor([p + a])
+                for seq, start in seqs:
+                    ids = torch.tensor([seq], device=model.device)
                     h = model.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state[0]
-                    lg = model.get_output_embeddings()(h[len(p) - 1:-1]).float()
-                    tot.append(float(torch.nn.functional.cross_entropy(lg, ids[0, len(p):])))
+                    lg = model.get_output_embeddings()(h[start - 1:-1]).float()
+                    tot.append(float(torch.nn.functional.cross_entropy(lg, ids[0, start:])))
             return sum(tot) / len(tot)
         finally:
             remove_plan(model, old)
@@ -80,7 +81,7 @@ def cmd_search(args) -> int:
     from ..llm.local import LocalLM
     from .profile import load_profile
     from .rules import FULL, Plan
-    from .search import check_sinks, pareto_plans, pick_by_validation
+    from .search import check_sinks, pareto_plans, pick_by_validation, weightings_for
 
     if not 0 < args.density <= 1:
         raise UserError(f"--density must be in (0, 1], got {args.density}")
@@ -99,14 +100,14 @@ def cmd_search(args) -> int:
     if warn:
         print(f"warning: {warn}", file=sys.stderr)
     extra = (_ints(args.budget_lengths, "--budget-lengths") if args.budget_lengths else []) + [args.validate]
-    bar = _bar(len(prof["maps"]) + 1, "solving")
+    bar = _bar(len(weightings_for(prof["maps"])), "solving")
     plans = pareto_plans(prof, args.density, sinks, prof.get("model_id", "unknown"), args.alpha_step,
                          progress=lambda i, k: bar.update(1), budget_lengths=extra)
     bar.close()
     if not plans:
         raise UserError(f"no plan meets density {args.density} with {sinks} sinks at lengths {sorted(prof['maps'])}: raise --density or lower --sinks")
     llm = LocalLM(args.model, cache=False, threads=args.threads)
-    loss_fn = validation_loss_fn(llm, args.validate, args.val_samples)
+    loss_fn = validation_loss_fn(llm, args.validate, args.val_samples, objective=prof.get("objective", "answers"))
     best = pick_by_validation(plans, loss_fn, args.validate)
     dense = loss_fn(Plan.uniform(best.model_id, best.n_layers, best.n_heads, FULL, sinks=0, kind="dense"))
     best.meta["dense_validation_loss"] = dense
@@ -157,7 +158,12 @@ def register(sub) -> None:
     a = s.add_parser("profile", help="gradient-based attention influence per head, in blocks, at several lengths")
     a.add_argument("--model", default="default")
     a.add_argument("--lengths", default="1024,2048")
-    a.add_argument("--samples", type=int, default=3, help="calibration samples per length")
+    a.add_argument("--samples", type=int, default=6, help="calibration samples per length")
+    a.add_argument("--objective", choices=("mixed", "answers", "text"), default="mixed",
+                   help="calibration losses: the dense model's own answers to long-range questions (answers), the "
+                        "next-token NLL of plain text windows (text), or half of each (mixed, default)")
+    a.add_argument("--raw-samples", action="store_true", help="average the samples' influence maps as they are "
+                   "(default: each scaled to unit total first, so every sample weighs the same)")
     a.add_argument("--block", type=int, default=64)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, default=None)
@@ -173,7 +179,7 @@ def register(sub) -> None:
     b.add_argument("--validate", type=int, default=1536, help="unprofiled validation length (tokens)")
     b.add_argument("--budget-lengths", default="", help="further lengths (e.g. the target length) where the density "
                    "budget must also hold (the validation length always is)")
-    b.add_argument("--val-samples", type=int, default=3)
+    b.add_argument("--val-samples", type=int, default=4, help="validation samples (of the profile's objective)")
     b.add_argument("--model", default="default")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("-o", "--out", required=True, help="plan JSON to write")

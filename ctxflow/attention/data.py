@@ -1,14 +1,18 @@
 """Calibration and evaluation text for MoA, built from the bundled Jargon File and the lines task.
 
 Calibration (profiling) uses the first two thirds of the document; evaluation (perplexity, pass
-keys) uses the last third, so the quality table measures held-back text. Every sample is a chat
-prompt whose answer depends on something far back in the prompt:
+keys) uses the last third, so the quality table measures held-back text. Question samples are
+chat prompts whose answer depends on something far back in the prompt:
 
 * ``entry``: a run of glossary entries; the question asks what one entry near the start says;
 * ``lines``: a LongEval lines record; the question asks for a line's value;
 * ``passkey``: glossary text with a pass key stated near the start; the question asks for it.
 
-The targets are the dense model's own greedy answers (MoA: generic targets profile badly).
+Their targets are the dense model's own greedy answers (MoA: generic targets profile badly). An
+answer is a few dozen tokens, so question samples alone say little about the local context that
+every next-token prediction needs; ``text`` samples (a plain window of the calibration text, the
+loss on its second half) give that signal. :func:`calibration_samples` mixes both by default
+(``objective="mixed"``), ``"answers"`` and ``"text"`` give one kind only.
 """
 from __future__ import annotations
 
@@ -86,6 +90,13 @@ def passkey_sample(count, n_tokens: int, rng: random.Random, text: str, depth: f
     return Sample("passkey", _fit(count, build, n_tokens), expected=str(key))
 
 
+def text_sample(count, n_tokens: int, rng: random.Random, text: str) -> Sample:
+    """A plain window of ``text`` of about ``n_tokens`` tokens, starting on a glossary entry (no
+    chat template; the profiling loss is the next-token NLL of its second half)."""
+    seed = rng.random()
+    return Sample("text", _fit(count, lambda n: _passage(text, random.Random(seed), n), n_tokens))
+
+
 def lines_sample(count, n_tokens: int, rng: random.Random) -> Sample:
     seed = rng.randint(0, 10**6)
 
@@ -101,18 +112,44 @@ def lines_sample(count, n_tokens: int, rng: random.Random) -> Sample:
     return Sample("lines", ex.full_prompt, expected=str(ex.answer))
 
 
-def calibration_samples(count, n_tokens: int, n: int, seed: int = 0) -> list[Sample]:
-    """``n`` samples of about ``n_tokens`` prompt tokens, cycling entry / lines / passkey."""
+OBJECTIVES = ("mixed", "answers", "text")
+
+
+def calibration_samples(count, n_tokens: int, n: int, seed: int = 0, objective: str = "mixed",
+                        text_tokens: int | None = None) -> list[Sample]:
+    """``n`` samples: question prompts of about ``n_tokens`` tokens (cycling entry / lines / passkey)
+    and/or plain text windows of ``text_tokens`` (default ``n_tokens``) tokens. ``objective``:
+    ``"answers"`` (questions only), ``"text"`` (text only) or ``"mixed"`` (alternating, text first)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     rng = random.Random(seed * 7919 + n_tokens)
     text = jargon_text("calibration")
-    makers = [lambda: entry_sample(count, n_tokens, rng, text), lambda: lines_sample(count, n_tokens, rng),
-              lambda: passkey_sample(count, n_tokens, rng, text)]
-    return [makers[i % 3]() for i in range(n)]
+    questions = [lambda: entry_sample(count, n_tokens, rng, text), lambda: lines_sample(count, n_tokens, rng),
+                 lambda: passkey_sample(count, n_tokens, rng, text)]
+    plain = lambda: text_sample(count, text_tokens or n_tokens, rng, text)  # noqa: E731
+    if objective == "answers":
+        return [questions[i % 3]() for i in range(n)]
+    if objective == "text":
+        return [plain() for _ in range(n)]
+    return [plain() if i % 2 == 0 else questions[(i // 2) % 3]() for i in range(n)]
 
 
 def answer_with(llm, samples: list[Sample], max_new_tokens: int = 24) -> list[Sample]:
-    """Fill each sample's ``answer`` with the (dense) model's own greedy answer."""
-    gens = llm.generate([s.prompt for s in samples], max_new_tokens=max_new_tokens)
-    for s, g in zip(samples, gens):
+    """Fill each question sample's ``answer`` with the (dense) model's own greedy answer (text
+    samples need none)."""
+    todo = [s for s in samples if s.kind != "text"]
+    gens = llm.generate([s.prompt for s in todo], max_new_tokens=max_new_tokens) if todo else []
+    for s, g in zip(todo, gens):
         s.answer = g.text if g.text.strip() else " "
     return samples
+
+
+def sample_ids(llm, s: Sample, answer_tokens: int = 32) -> tuple[list[int], int]:
+    """Token ids of a sample and the position where its loss starts: prompt (chat) + answer with the
+    loss on the answer, or a text window with the loss on its second half."""
+    if s.kind == "text":
+        ids = llm.tokenizer(s.prompt, add_special_tokens=False)["input_ids"]
+        return ids, len(ids) // 2
+    p = llm.encode([{"role": "user", "content": s.prompt}], chat=True)
+    a = llm.tokenizer(s.answer or " ", add_special_tokens=False)["input_ids"][:answer_tokens]
+    return p + a, len(p)

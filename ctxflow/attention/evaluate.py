@@ -24,10 +24,11 @@ from .data import jargon_text, passkey_sample
 
 def window_nll(model, ids: torch.Tensor, start: int) -> torch.Tensor:
     """NLL of tokens ``start..T-1`` of ``ids`` (T,) given everything before them."""
+    ids = ids.to(model.device)
     with torch.inference_mode():
         h = model.get_decoder()(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], use_cache=False).last_hidden_state[0]
         lg = model.get_output_embeddings()(h[start - 1:-1]).float()
-        return -torch.log_softmax(lg, -1).gather(1, ids[start:, None])[:, 0]
+        return -torch.log_softmax(lg, -1).gather(1, ids[start:, None])[:, 0].cpu()
 
 
 def perplexity(llm, length: int, n_windows: int, seed: int = 0) -> float:

@@ -1,6 +1,7 @@
 """Profiling: how much each attention head's blocks matter to the model's own answers (MoA).
 
-For an attention row ``A_i`` and ``G = dL/dA`` (``L`` = NLL of the dense model's own answer),
+For an attention row ``A_i`` and ``G = dL/dA`` (``L`` = NLL of the dense model's own answer to a
+calibration question, or of the second half of a plain calibration text window),
 removing ``A_ij`` and renormalising the row changes the loss by about
 ``-A_ij / (1 - A_ij) * (G_ij - sum_n A_in G_in)``. The absolute values are summed over
 ``block x block`` tiles (per layer, per query head) and averaged over samples, giving a
@@ -68,16 +69,25 @@ def register() -> str:
 def influence_one(model, prompt_ids: list[int], answer_ids: list[int], block: int) -> tuple[torch.Tensor, float]:
     """Block influence (layers, heads, nb, nb) of one sample (prompt + answer, loss on the answer),
     with nb = ceil(len / block), and the answer NLL."""
+    return influence_ids(model, prompt_ids + answer_ids, len(prompt_ids), block)
+
+
+def influence_ids(model, token_ids: list[int], start: int, block: int) -> tuple[torch.Tensor, float]:
+    """Block influence (layers, heads, nb, nb) of one sequence whose loss is the mean NLL of tokens
+    ``start..T-1``, and that NLL."""
+    if not 0 < start < len(token_ids):
+        raise ValueError(f"loss start {start} must be inside the sequence (1..{len(token_ids) - 1})")
     mods = attention_modules(model)
     for m in mods:
         m._ctxflow_block = block
         m._ctxflow_influence = None
-    ids = torch.tensor([prompt_ids + answer_ids], device=model.device)  # (1, T)
+    ids = torch.tensor([token_ids], device=model.device)  # (1, T)
     T = ids.shape[1]
     emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # (1, T, hidden)
     base = model.get_decoder()
-    h = base(inputs_embeds=emb, attention_mask=torch.ones_like(ids), position_ids=torch.arange(T)[None], use_cache=False).last_hidden_state
-    n_p = len(prompt_ids)
+    h = base(inputs_embeds=emb, attention_mask=torch.ones_like(ids), position_ids=torch.arange(T, device=ids.device)[None],
+             use_cache=False).last_hidden_state
+    n_p = start
     logits = model.get_output_embeddings()(h[0, n_p - 1: T - 1]).float()  # (A, V)
     loss = torch.nn.functional.cross_entropy(logits, ids[0, n_p:])
     loss.backward()
@@ -88,30 +98,39 @@ def influence_one(model, prompt_ids: list[int], answer_ids: list[int], block: in
     return out, float(loss.detach())
 
 
-def profile(llm, lengths: Sequence[int], samples_per_length: int, block: int = 64, seed: int = 0, progress=None) -> dict:
+def profile(llm, lengths: Sequence[int], samples_per_length: int, block: int = 64, seed: int = 0, progress=None,
+            objective: str = "mixed", normalize_samples: bool = True) -> dict:
     """Influence maps at each length: ``{N: (L, H, nb, nb) mean over samples}`` plus the samples'
     losses. ``llm`` is a dense :class:`~ctxflow.llm.local.LocalLM` (it answers the calibration
-    prompts; its weights are then run with the profiling attention)."""
-    from .data import answer_with, calibration_samples
+    prompts; its weights are then run with the profiling attention). ``objective``: which
+    calibration samples (:func:`~ctxflow.attention.data.calibration_samples`): ``mixed`` (default;
+    half plain text windows, half questions), ``answers`` or ``text``. ``normalize_samples``: each
+    sample's map is scaled to unit total before averaging, so every sample weighs the same (a text
+    window's loss over a thousand tokens otherwise outweighs a 20-token answer)."""
+    from .data import answer_with, calibration_samples, sample_ids
 
     model = llm.model
     old = model.config._attn_implementation
-    out = {"block": block, "lengths": list(lengths), "maps": {}, "losses": {}}
+    out = {"block": block, "lengths": list(lengths), "maps": {}, "losses": {}, "objective": objective, "kinds": {},
+           "per_sample": "norm" if normalize_samples else "raw"}
     for n in lengths:
         reserve = 32  # answer tokens
-        samples = answer_with(llm, calibration_samples(llm.count_tokens, n - reserve - 40, samples_per_length, seed))
+        samples = answer_with(llm, calibration_samples(llm.count_tokens, n - reserve - 40, samples_per_length, seed,
+                                                       objective=objective, text_tokens=n))
+        out["kinds"][n] = [s.kind for s in samples]
         acc, losses = None, []
         register()
         model.set_attn_implementation(NAME)
         try:
             for s in samples:
-                p = llm.encode([{"role": "user", "content": s.prompt}], chat=True)
-                a = llm.tokenizer(s.answer, add_special_tokens=False)["input_ids"][:reserve]
-                m, loss = influence_one(model, p, a, block)
+                ids, start = sample_ids(llm, s, reserve)
+                m, loss = influence_ids(model, ids[:n], min(start, n - 1), block)
                 nb = (n + block - 1) // block
                 m = m[:, :, :nb, :nb]
                 if m.shape[-1] < nb:  # shorter sample: pad the map to the length's grid
                     m = torch.nn.functional.pad(m, (0, nb - m.shape[-1], 0, nb - m.shape[-2]))
+                if normalize_samples:
+                    m = m / m.sum().clamp(min=1e-30)
                 acc = m if acc is None else acc + m
                 losses.append(loss)
                 if progress:

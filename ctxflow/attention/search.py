@@ -20,7 +20,7 @@ sinks keep anyway, which pushed the solver to give many heads a full window. Use
 to (a multiple of) the profile's block size so the first tile is kept exactly
 (:func:`check_sinks`).
 
-Solving it for several weightings ``w`` (each length alone, and all together) gives a Pareto set;
+Solving it for several weightings ``w`` (all lengths together, each alone, neighbouring pairs) gives a Pareto set;
 :func:`pick_by_validation` keeps the plan with the lowest loss at an unprofiled length.
 """
 from __future__ import annotations
@@ -130,15 +130,25 @@ def solve(costs: dict[int, np.ndarray], rules: list[Rule], sinks: int, budget: f
     return [[rules[int(np.argmax(x[l, h]))] for h in range(H)] for l in range(L)]
 
 
+def weightings_for(lengths: Sequence[int]) -> list[dict[int, float]]:
+    """The length weightings the Pareto set is solved for: all lengths equally, each length alone
+    (the others at 1e-3, so ties break sensibly), and each pair of neighbouring lengths."""
+    lengths = sorted(lengths)
+    out = [{n: 1.0 for n in lengths}] + [{n: 1.0 if n == m else 1e-3 for n in lengths} for m in lengths]
+    if len(lengths) > 2:
+        out += [{n: 1.0 if n in (a, b) else 1e-3 for n in lengths} for a, b in zip(lengths, lengths[1:])]
+    return out
+
+
 def pareto_plans(prof: dict, budget: float, sinks: int, model_id: str, alpha_step: int = 64, progress=None,
-                 budget_lengths: Sequence[int] = ()) -> list[Plan]:
-    """Plans for each weighting of the profiled lengths (each alone, then all equally), deduplicated.
+                 budget_lengths: Sequence[int] = (), weightings: Sequence[dict[int, float]] | None = None) -> list[Plan]:
+    """Plans for each weighting of the profiled lengths (default :func:`weightings_for`), deduplicated.
     The budget also holds at ``budget_lengths`` (e.g. the validation or target length)."""
     maps, block = prof["maps"], prof["block"]
     lengths = sorted(maps)
     rules = candidate_rules(lengths, alpha_step)
     costs = cost_table(maps, rules, sinks, block)
-    weightings = [{n: 1.0 for n in lengths}] + [{n: 1.0 if n == m else 1e-3 for n in lengths} for m in lengths]
+    weightings = list(weightings) if weightings is not None else weightings_for(lengths)
     plans, seen = [], set()
     for i, w in enumerate(weightings):
         sol = solve(costs, rules, sinks, budget, w, budget_lengths=budget_lengths)
