@@ -1,9 +1,11 @@
 """Retrieval benchmark: faiss flat / HNSW / IVF at 100k and 1M vectors (d=384), plus embedding throughput.
 
 For each size N and index type: build time, query time (batched: all queries in one ``search`` call
-on ``--threads`` threads, reported per query; single: one query per call, one thread), recall@10
-against exact search (IndexFlatIP ground truth), and memory (bytes of the index structure, and the
-process RSS growth while building it).
+on ``--threads`` threads, reported per query, median of ``--repeats`` passes; single: one query per
+call, one thread), recall@10 against exact search (IndexFlatIP ground truth), and memory (bytes of
+the index structure, and the process RSS growth while building it). HNSW is measured with float32
+vectors (``IndexHNSWFlat``; efConstruction 40, 64 and 256) and with float16 codes (``IndexHNSWSQ``
+fp16, efConstruction 256: what ``memory.knn`` builds with ``hnsw_storage="float16"``).
 
 Vectors. Embedding 1M real chunks is far too slow on this machine, so:
 
@@ -134,12 +136,16 @@ def recall(found: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean([len(set(f[:K]) & set(g[:K])) / K for f, g in zip(found, gt)]))
 
 
-def time_queries(index, xq: np.ndarray, threads: int, n_single: int) -> tuple[np.ndarray, float, float]:
-    """(ids of the batched search, batched ms/query, single-query ms/query on one thread)."""
+def time_queries(index, xq: np.ndarray, threads: int, n_single: int, repeats: int = 3) -> tuple[np.ndarray, float, float]:
+    """(ids of the batched search, batched ms/query (median of ``repeats`` passes), single-query ms/query on one thread)."""
     faiss.omp_set_num_threads(threads)
-    t = time.perf_counter()
-    _, ids = index.search(xq, K)
-    batch_ms = (time.perf_counter() - t) * 1000 / len(xq)
+    index.search(xq[:20], K)  # warm
+    times = []
+    for _ in range(repeats):  # median of the batched passes (the VM's clock and neighbours drift by +-15% between runs)
+        t = time.perf_counter()
+        _, ids = index.search(xq, K)
+        times.append((time.perf_counter() - t) * 1000 / len(xq))
+    batch_ms = sorted(times)[len(times) // 2]
     faiss.omp_set_num_threads(1)
     qs = xq[:n_single]
     index.search(qs[:1], K)
@@ -151,9 +157,9 @@ def time_queries(index, xq: np.ndarray, threads: int, n_single: int) -> tuple[np
     return ids, batch_ms, single_ms
 
 
-def hnsw_bytes(index) -> int:
+def hnsw_bytes(index, bytes_per_value: int = 4) -> int:
     h = index.hnsw
-    return int(index.ntotal * index.d * 4 + h.neighbors.size() * 4 + h.offsets.size() * 8 + h.levels.size() * 4)
+    return int(index.ntotal * index.d * bytes_per_value + h.neighbors.size() * 4 + h.offsets.size() * 8 + h.levels.size() * 4)
 
 
 def ivf_bytes(index) -> int:
@@ -183,19 +189,25 @@ def bench_size(xb: np.ndarray, xq: np.ndarray, a: argparse.Namespace, big: bool)
     del flat
     gc.collect()
     # HNSW
-    for m, efc in ([(16, 32)] if big else [(16, 40), (32, 64)]):
+    # storage: float32 vectors (IndexHNSWFlat) or float16 (IndexHNSWSQ fp16: half the bytes per distance)
+    for m, efc, store in ([(16, 32, "float32")] if big else [(16, 40, "float32"), (32, 64, "float32"), (32, 256, "float32"),
+                                                             (32, 256, "float16")]):
         r0 = rss_mb()
         t = time.perf_counter()
-        idx = faiss.IndexHNSWFlat(D, m, faiss.METRIC_INNER_PRODUCT)
+        if store == "float16":
+            idx = faiss.IndexHNSWSQ(D, faiss.ScalarQuantizer.QT_fp16, m, faiss.METRIC_INNER_PRODUCT)
+            idx.train(xb[:1000])  # fp16 needs no statistics
+        else:
+            idx = faiss.IndexHNSWFlat(D, m, faiss.METRIC_INNER_PRODUCT)
         idx.hnsw.efConstruction = efc
         idx.add(xb)
         build = time.perf_counter() - t
         grow = rss_mb() - r0
-        for ef in ((16, 32, 64, 128) if big else (16, 32, 48, 64, 96, 128, 256)):
+        for ef in ((16, 32, 64, 128) if big else (16, 24, 28, 32, 40, 48, 64, 96, 128)):
             idx.hnsw.efSearch = ef
-            ids, bms, sms = time_queries(idx, xq, a.threads, a.single)
-            out["rows"].append(row("hnsw", {"M": m, "efConstruction": efc, "efSearch": ef}, build, hnsw_bytes(idx), grow,
-                                   ids, bms, sms, gt_ids))
+            ids, bms, sms = time_queries(idx, xq, a.threads, a.single, 3 if big else a.repeats)
+            out["rows"].append(row("hnsw", {"M": m, "efConstruction": efc, "efSearch": ef, "storage": store}, build,
+                                   hnsw_bytes(idx, 2 if store == "float16" else 4), grow, ids, bms, sms, gt_ids))
         del idx
         gc.collect()
     # IVF (flat lists), trained on a sample
@@ -212,7 +224,7 @@ def bench_size(xb: np.ndarray, xq: np.ndarray, a: argparse.Namespace, big: bool)
     grow = rss_mb() - r0
     for nprobe in ((8, 16, 32, 64) if big else (4, 8, 16, 32, 64, 128)):
         idx.nprobe = nprobe
-        ids, bms, sms = time_queries(idx, xq, a.threads, a.single)
+        ids, bms, sms = time_queries(idx, xq, a.threads, a.single, 3 if big else a.repeats)
         out["rows"].append(row("ivf", {"nlist": nlist, "nprobe": nprobe}, build, ivf_bytes(idx), grow, ids, bms, sms, gt_ids))
     del idx, quant
     gc.collect()
@@ -244,9 +256,10 @@ def plot(res: dict, path: Path) -> None:
             groups: dict = {}
             for r in s["rows"]:
                 if r["index"] == kind:
-                    groups.setdefault((r.get("M"), r.get("efConstruction"), r.get("nlist")), []).append(r)
+                    groups.setdefault((r.get("M"), r.get("efConstruction"), r.get("nlist"), r.get("storage")), []).append(r)
             for key, rs in groups.items():
-                lab = kind + (f" M={key[0]}" if key[0] else "") + (f" nlist={key[2]}" if key[2] else "")
+                lab = kind + (f" M={key[0]} efC={key[1]}" if key[0] else "") + (f" nlist={key[2]}" if key[2] else "") \
+                    + (" fp16" if key[3] == "float16" else "")
                 ax.plot([r["ms_per_query_batched"] for r in rs], [r["recall_at_10"] for r in rs], marker=mk, label=lab + " (batched)")
                 ax.plot([r["ms_per_query_single"] for r in rs], [r["recall_at_10"] for r in rs], marker=mk, ls=":", alpha=0.6,
                         label=lab + " (single)")
@@ -267,6 +280,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000, help="queries per size (batched timing, recall)")
     ap.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7, help="batched passes per row below 200k vectors (the median is kept)")
     ap.add_argument("--real-chunks", type=int, default=500, help="real chunks embedded (batched throughput, fitted model)")
     ap.add_argument("--single-embed", type=int, default=50, help="chunks embedded one at a time")
     ap.add_argument("--embed-cache", help="PATH prefix: reuse/keep the real embeddings (PATH.npy, PATH.json) between runs")
@@ -281,7 +295,7 @@ def main() -> None:
     res: dict = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "faiss": faiss.__version__, "faiss_threads": a.threads,
                     "loadavg_1_5_15_at_start": [round(x, 1) for x in os.getloadavg()],
-                    "note": "shared 2-core machine: other agents ran tests/benchmarks at the same time, so absolute times are noisy; "
+                    "note": "2-core machine; the load averages at start and end say whether anything else ran beside it; "
                             "rows of one size were measured back to back in one run"},
         "dim": D, "k": K, "embedding": emb_info,
         "timing": "batched = all queries in one faiss search call on faiss_threads threads, time / queries; "

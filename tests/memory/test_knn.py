@@ -130,3 +130,26 @@ def test_empty_and_bad_params(emb):
         KnnBank(emb, metric="cos")
     v = np.asarray(emb.embed(["x"]))
     assert v.shape == (1, 128)
+
+
+def test_hnsw_float16_storage(emb, tmp_path):
+    """fp16 HNSW codes: same neighbours as exact search on clear queries, scores within fp16 rounding,
+    tombstones and a store round trip like float32; a bad storage name is a clear error."""
+    chunks = random_chunks(300, seed=7)
+    exact = KnnBank(emb, index="flat")
+    half = KnnBank(emb, index="hnsw", hnsw_storage="float16", ef_construction=128)
+    exact.add(chunks)
+    half.add(chunks)
+    assert half.kind == "hnsw" and "SQ" in type(half._inner()).__name__
+    for c in chunks[::30]:
+        e, h = exact.search(c.text, 5), half.search(c.text, 5)
+        assert h[0].item.id == c.id == e[0].item.id
+        assert h[0].score == pytest.approx(e[0].score, abs=5e-3)
+    half.remove([chunks[0].id])
+    assert half.tombstones == 1 and all(x.item.id != chunks[0].id for x in half.search(chunks[0].text, 5))
+    half.save(tmp_path / "h")
+    again = open_store(tmp_path / "h", embedder=emb)
+    assert again.params["hnsw_storage"] == "float16" and again.tombstones == 1
+    assert [x.item.id for x in again.search(chunks[60].text, 5)] == [x.item.id for x in half.search(chunks[60].text, 5)]
+    with pytest.raises(UserError, match="hnsw_storage must be one of float32, float16; got 'int4'"):
+        KnnBank(emb, index="hnsw", hnsw_storage="int4")
