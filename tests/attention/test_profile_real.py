@@ -76,3 +76,26 @@ def test_mixed_profile_search_and_validation_on_the_real_model(llm):
     dense = loss(Plan.uniform(llm.model_id, 30, 9, FULL, sinks=0, kind="dense"))
     sparse = loss(plans[0])
     assert 0 < dense < 10 and sparse > 0 and sparse != dense
+
+
+def test_moa_profile_and_search_cli_end_to_end(llm, tmp_path, capsys):
+    """`ctxflow moa profile` then `ctxflow moa search` on the real model (tiny lengths), and clear errors."""
+    import json
+
+    from ctxflow.cli import main
+
+    prof = tmp_path / "p.pt"
+    assert main(["moa", "profile", "--lengths", "256,384", "--samples", "2", "--block", "32", "-o", str(prof)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["lengths"] == [256, 384] and prof.is_file()
+    plan = tmp_path / "plan.json"
+    assert main(["moa", "search", str(prof), "--density", "0.5", "--validate", "320", "--val-samples", "2",
+                 "--alpha-step", "32", "-o", str(plan)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    p = Plan.load(plan)
+    assert p.sinks == 32 and p.validation_length == 320 and p.validation_loss == pytest.approx(res["validation_loss"])
+    assert all(p.mean_density(n) <= 0.5 + 1e-9 for n in (256, 320, 384))
+    assert main(["moa", "search", str(tmp_path / "missing.pt"), "--density", "0.5", "-o", str(plan)]) == 2
+    assert "not found: run `ctxflow moa profile" in capsys.readouterr().err
+    assert main(["moa", "profile", "--lengths", "256,x", "-o", str(prof)]) == 2
+    assert "--lengths must be comma-separated integers" in capsys.readouterr().err
