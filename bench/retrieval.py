@@ -5,7 +5,10 @@ on ``--threads`` threads, reported per query, median of ``--repeats`` passes; si
 call, one thread), recall@10 against exact search (IndexFlatIP ground truth), and memory (bytes of
 the index structure, and the process RSS growth while building it). HNSW is measured with float32
 vectors (``IndexHNSWFlat``; efConstruction 40, 64 and 256) and with float16 codes (``IndexHNSWSQ``
-fp16, efConstruction 256: what ``memory.knn`` builds with ``hnsw_storage="float16"``).
+fp16, efConstruction 256: what ``memory.knn`` builds with ``hnsw_storage="float16"``). ``ivf_pq4``
+rows: IVF lists of 4-bit PQ codes (2 dims per code) scanned with faiss's SIMD fast-scan kernels, the
+best ``k * k_factor`` candidates re-ranked exactly on the float32 vectors (``IndexRefineFlat`` over
+``IndexIVFPQFastScan``: what ``memory.knn`` builds with ``index="ivf", ivf_codes="pq4"``).
 
 Vectors. Embedding 1M real chunks is far too slow on this machine, so:
 
@@ -228,6 +231,31 @@ def bench_size(xb: np.ndarray, xq: np.ndarray, a: argparse.Namespace, big: bool)
         out["rows"].append(row("ivf", {"nlist": nlist, "nprobe": nprobe}, build, ivf_bytes(idx), grow, ids, bms, sms, gt_ids))
     del idx, quant
     gc.collect()
+    # IVF with 4-bit PQ codes (2 dims per code) scanned by faiss's SIMD fast-scan kernels, the best
+    # k * k_factor candidates re-ranked exactly on the float32 vectors (memory.knn ivf_codes: pq4)
+    for nlist in ((4096,) if big else (256, 512, 1024)):
+        if n < 39 * nlist:  # too few vectors to train the lists (the small real sample)
+            continue
+        r0 = rss_mb()
+        t = time.perf_counter()
+        quant = faiss.IndexFlatIP(D)
+        base = faiss.IndexIVFPQFastScan(quant, D, nlist, D // 2, 4, faiss.METRIC_INNER_PRODUCT)
+        base.cp.max_points_per_centroid = 64
+        base.train(xb[: min(n, 64 * nlist)])
+        idx = faiss.IndexRefineFlat(base)
+        idx.add(xb)
+        build = time.perf_counter() - t
+        grow = rss_mb() - r0
+        mem = n * (D // 2 // 2 + 8) + nlist * D * 4 + n * D * 4  # 4-bit codes + ids + centroids + refinement vectors
+        for nprobe in ((32, 64, 128) if big else (32, 48, 64, 96)):
+            for kf in (4, 8):
+                base.nprobe = nprobe
+                idx.k_factor = kf
+                ids, bms, sms = time_queries(idx, xq, a.threads, a.single, 3 if big else a.repeats)
+                out["rows"].append(row("ivf_pq4", {"nlist": nlist, "nprobe": nprobe, "k_factor": kf}, build, mem, grow,
+                                       ids, bms, sms, gt_ids))
+        del idx, base, quant
+        gc.collect()
     return out
 
 
@@ -252,14 +280,15 @@ def plot(res: dict, path: Path) -> None:
     for ax in axes.flat[len(sets):]:
         ax.axis("off")
     for ax, s in zip(axes.flat, sets):
-        for kind, mk in (("flat", "s"), ("hnsw", "o"), ("ivf", "^")):
+        for kind, mk in (("flat", "s"), ("hnsw", "o"), ("ivf", "^"), ("ivf_pq4", "D")):
             groups: dict = {}
             for r in s["rows"]:
                 if r["index"] == kind:
-                    groups.setdefault((r.get("M"), r.get("efConstruction"), r.get("nlist"), r.get("storage")), []).append(r)
+                    groups.setdefault((r.get("M"), r.get("efConstruction"), r.get("nlist"), r.get("storage"), r.get("k_factor")),
+                                      []).append(r)
             for key, rs in groups.items():
                 lab = kind + (f" M={key[0]} efC={key[1]}" if key[0] else "") + (f" nlist={key[2]}" if key[2] else "") \
-                    + (" fp16" if key[3] == "float16" else "")
+                    + (" fp16" if key[3] == "float16" else "") + (f" refine x{key[4]}" if key[4] else "")
                 ax.plot([r["ms_per_query_batched"] for r in rs], [r["recall_at_10"] for r in rs], marker=mk, label=lab + " (batched)")
                 ax.plot([r["ms_per_query_single"] for r in rs], [r["recall_at_10"] for r in rs], marker=mk, ls=":", alpha=0.6,
                         label=lab + " (single)")

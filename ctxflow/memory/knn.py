@@ -11,8 +11,16 @@
   searches at the same recall on real MiniLM vectors, scores rounded to ~1e-3; see
   ``bench/results/retrieval.json``). ``ef_construction`` trades build time for graph quality
   (256 reaches recall@10 0.97 at efSearch 32 on 100k real vectors, 64 needs 48).
-* ``remove`` deletes from flat and IVF indexes; HNSW marks *tombstones* that searches skip, and
-  the index is rebuilt from the kept vectors when tombstones exceed ``rebuild_ratio`` of it.
+* ``ivf_codes``: what IVF lists hold. ``flat`` (full float32 vectors, exact distances inside the
+  probed lists) or ``pq4`` (4-bit product-quantisation codes, two dimensions per code, scanned with
+  faiss's SIMD *fast-scan* kernels, then the best ``k * refine`` candidates re-ranked exactly on the
+  float32 vectors: ``IndexRefineFlat`` over ``IndexIVFPQFastScan``). On 100k real MiniLM vectors
+  ``pq4`` with nlist 512, nprobe 64, refine 4 reaches recall@10 0.97 at ~0.07 ms/query batched on
+  2 threads, several times faster than IVF-flat and HNSW at that recall and built in seconds
+  (``bench/results/retrieval.json``). Returned scores are exact (from the refinement).
+* ``remove`` deletes from flat and IVF-flat indexes; HNSW and IVF-pq4 mark *tombstones* that
+  searches skip, and the index is rebuilt from the kept vectors when tombstones exceed
+  ``rebuild_ratio`` of it.
 
 The bank keeps every vector (``vectors.npy`` in a store) so any index can be rebuilt.
 """
@@ -34,6 +42,7 @@ from .store import json_bytes, npy_bytes, npy_load, register_bank
 
 INDEXES = ("auto", "flat", "hnsw", "ivf")
 HNSW_STORAGE = ("float32", "float16")
+IVF_CODES = ("flat", "pq4")
 METRICS = ("ip", "l2")
 
 
@@ -44,10 +53,13 @@ def embed_chunks(embedder: Any, texts: list[str], batch_size: int = 64, kind: st
     return current_executor().map_embed(embedder, texts, kind=kind, batch_size=batch_size)
 
 
-def _check_choices(index: str, metric: str, hnsw_storage: str) -> None:
-    for name, value, valid in (("index", index, INDEXES), ("metric", metric, METRICS), ("hnsw_storage", hnsw_storage, HNSW_STORAGE)):
+def _check_choices(index: str, metric: str, hnsw_storage: str, ivf_codes: str = "flat", refine: int = 4) -> None:
+    for name, value, valid in (("index", index, INDEXES), ("metric", metric, METRICS), ("hnsw_storage", hnsw_storage, HNSW_STORAGE),
+                               ("ivf_codes", ivf_codes, IVF_CODES)):
         if value not in valid:
             raise UserError(f"{name} must be one of {', '.join(valid)}; got {value!r}.")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
+        raise UserError(f"refine must be an integer >= 1 (candidates re-ranked exactly = k * refine); got {refine!r}.")
 
 
 @register_bank
@@ -58,12 +70,13 @@ class KnnBank(MemoryBank):
     def __init__(self, embedder: Any, index: str = "auto", metric: str = "ip", normalize: bool = False, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 64, nlist: int | None = None, nprobe: int = 8,
                  rebuild_ratio: float = 0.25, auto_hnsw_at: int = 20_000, auto_ivf_at: int = 500_000, batch_size: int = 64,
-                 hnsw_storage: str = "float32"):
-        _check_choices(index, metric, hnsw_storage)
+                 hnsw_storage: str = "float32", ivf_codes: str = "flat", refine: int = 4):
+        _check_choices(index, metric, hnsw_storage, ivf_codes, refine)
         self.embedder = embedder
         self.params = dict(index=index, metric=metric, normalize=normalize, hnsw_m=hnsw_m, ef_construction=ef_construction,
                            ef_search=ef_search, nlist=nlist, nprobe=nprobe, rebuild_ratio=rebuild_ratio,
-                           auto_hnsw_at=auto_hnsw_at, auto_ivf_at=auto_ivf_at, batch_size=batch_size, hnsw_storage=hnsw_storage)
+                           auto_hnsw_at=auto_hnsw_at, auto_ivf_at=auto_ivf_at, batch_size=batch_size, hnsw_storage=hnsw_storage,
+                           ivf_codes=ivf_codes, refine=refine)
         self.index_type, self.metric, self.normalize = index, metric, normalize
         self.chunks: list[Chunk] = []
         self._vecs: np.ndarray | None = None
@@ -93,7 +106,7 @@ class KnnBank(MemoryBank):
         kind = self.index_type
         if kind == "auto":
             kind = "flat" if n < self.params["auto_hnsw_at"] else "hnsw" if n < self.params["auto_ivf_at"] else "ivf"
-        if kind == "ivf" and n < 39 * (self.params["nlist"] or 8):
+        if kind == "ivf" and n < 39 * max(self.params["nlist"] or 8, 16 if self._pq4() else 1):  # pq4: 16 codes per part
             return "flat"
         return kind
 
@@ -108,12 +121,19 @@ class KnnBank(MemoryBank):
             inner.hnsw.efConstruction = int(self.params["ef_construction"])
         elif kind == "ivf":
             quant = faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d)
-            inner = faiss.IndexIVFFlat(quant, d, self._nlist(n), self._metric())
-            inner.train(self._vecs)
+            if self._pq4():
+                # 4-bit PQ codes of 2 dimensions each (1 for an odd dimension), fast-scan layout
+                m = d // 2 if d % 2 == 0 else d
+                base = faiss.IndexIVFPQFastScan(quant, d, self._nlist(n), m, 4, self._metric())
+                base.train(self._vecs)
+                inner = faiss.IndexRefineFlat(base)
+            else:
+                inner = faiss.IndexIVFFlat(quant, d, self._nlist(n), self._metric())
+                inner.train(self._vecs)
             self._trained_n = n
         else:
             inner = faiss.IndexFlatIP(d) if self.metric == "ip" else faiss.IndexFlatL2(d)
-        self._index = inner if kind == "ivf" else faiss.IndexIDMap2(inner)
+        self._index = inner if kind == "ivf" and not self._pq4() else faiss.IndexIDMap2(inner)
         if n:
             self._index.add_with_ids(self._vecs, self._iids)
         self.kind = kind
@@ -128,6 +148,13 @@ class KnnBank(MemoryBank):
 
     def _inner(self) -> Any:
         return faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else self._index
+
+    def _pq4(self) -> bool:
+        return self.params.get("ivf_codes", "flat") == "pq4"
+
+    def _tombstoning(self) -> bool:
+        """HNSW graphs and refined IVF-pq4 indexes cannot delete in place: removals become tombstones."""
+        return self.kind == "hnsw" or (self.kind == "ivf" and self._pq4())
 
     # -- the bank operations ---------------------------------------------------------------
     def add(self, chunks: Iterable[Chunk]) -> None:
@@ -166,7 +193,7 @@ class KnnBank(MemoryBank):
         self._iids = self._iids[keep]
         self._row = {i: r for r, i in enumerate(self._iids.tolist())}
         self._by_id = {c.id: i for c, i in zip(self.chunks, self._iids.tolist())}
-        if self.kind == "hnsw":
+        if self._tombstoning():
             self._tomb |= gone_set
             if len(self._tomb) > self.params["rebuild_ratio"] * max(1, self._index.ntotal) or not len(self):
                 self.rebuild()
@@ -186,6 +213,10 @@ class KnnBank(MemoryBank):
         fetch = min(self._index.ntotal, k + len(self._tomb))
         if self.kind == "hnsw":
             self._inner().hnsw.efSearch = max(int(self.params["ef_search"]), fetch)
+        elif self.kind == "ivf" and self._pq4():
+            refine = faiss.downcast_index(self._index.index)
+            refine.k_factor = float(self.params.get("refine", 4))
+            faiss.downcast_index(refine.base_index).nprobe = int(self.params["nprobe"])
         elif self.kind == "ivf":
             self._index.nprobe = int(self.params["nprobe"])
         scores, ids = self._index.search(q, fetch)
@@ -253,11 +284,11 @@ class KnnMemory(BankComponent):
 
     def __init__(self, embedder: EmbedderRef = "embed", top_k: int = 5, index: str = "auto", metric: str = "ip",
                  store: str | None = None, hnsw_m: int = 32, ef_search: int = 64, nlist: int | None = None, nprobe: int = 8,
-                 ef_construction: int = 80, hnsw_storage: str = "float32"):
-        _check_choices(index, metric, hnsw_storage)
+                 ef_construction: int = 80, hnsw_storage: str = "float32", ivf_codes: str = "flat", refine: int = 4):
+        _check_choices(index, metric, hnsw_storage, ivf_codes, refine)
         self.embedder = embedder
         self.bank_params = dict(index=index, metric=metric, hnsw_m=hnsw_m, ef_search=ef_search, nlist=nlist, nprobe=nprobe,
-                                ef_construction=ef_construction, hnsw_storage=hnsw_storage)
+                                ef_construction=ef_construction, hnsw_storage=hnsw_storage, ivf_codes=ivf_codes, refine=refine)
         self._setup(top_k, store)
 
     def new_bank(self) -> KnnBank:
