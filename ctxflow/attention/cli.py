@@ -2,6 +2,7 @@
 
     ctxflow moa profile [--model default] [--lengths 1024,2048] [--samples 6] [--objective mixed] [--block 64] -o PROFILE.pt
     ctxflow moa search PROFILE.pt --density 0.5 [--sinks 64] [--validate 1536] [--budget-lengths 4096] -o PLAN.json
+    ctxflow moa refine PLAN.json [--length 2048] [--samples 8] [--rounds 1] [--layers 0,1] -o PLAN2.json
     ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 2048] [--retrieval-length 1024] [--json OUT]
 """
 from __future__ import annotations
@@ -13,13 +14,13 @@ from pathlib import Path
 from ..errors import UserError
 
 
-def _ints(s: str, what: str) -> list[int]:
+def _ints(s: str, what: str, low: int = 16) -> list[int]:
     try:
         v = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{what} must be comma-separated integers, got {s!r}") from None
-    if not v or any(x < 16 for x in v):
-        raise UserError(f"{what} must be token counts >= 16, got {s!r}")
+    if not v or any(x < low for x in v):
+        raise UserError(f"{what} must be " + ("token counts >= 16" if low == 16 else f"integers >= {low}") + f", got {s!r}")
     return v
 
 
@@ -50,31 +51,11 @@ def validation_loss_fn(llm, length: int, n: int, seed: int = 123, objective: str
     """A function plan -> mean NLL, under that plan, of ``n`` unseen calibration samples of
     ``length`` tokens (the dense model's own answers to questions and/or the second halves of text
     windows, as ``objective`` says; the same kinds the profile used)."""
-    import torch
-
     from .data import answer_with, calibration_samples, sample_ids
-    from .kernels import apply_plan, remove_plan
+    from .evaluate import plan_loss_fn
 
     samples = answer_with(llm, calibration_samples(llm.count_tokens, length - 72, n, seed, objective=objective, text_tokens=length))
-    model = llm.model
-    seqs = [sample_ids(llm, s) for s in samples]
-
-    def loss(plan) -> float:
-        old = model.config._attn_implementation
-        apply_plan(model, plan)
-        try:
-            tot = []
-            with torch.inference_mode():
-                for seq, start in seqs:
-                    ids = torch.tensor([seq], device=model.device)
-                    h = model.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state[0]
-                    lg = model.get_output_embeddings()(h[start - 1:-1]).float()
-                    tot.append(float(torch.nn.functional.cross_entropy(lg, ids[0, start:])))
-            return sum(tot) / len(tot)
-        finally:
-            remove_plan(model, old)
-
-    return loss
+    return plan_loss_fn(llm, [sample_ids(llm, s) for s in samples])
 
 
 def cmd_search(args) -> int:
@@ -115,6 +96,60 @@ def cmd_search(args) -> int:
     print(json.dumps({"plan": str(args.out), "density": args.density, "pareto": len(plans), "validation_length": args.validate,
                       "validation_loss": best.validation_loss, "dense_validation_loss": dense,
                       "mean_density": {n: best.mean_density(n) for n in sorted(set(prof["maps"]) | set(extra))}}))
+    return 0
+
+
+def cmd_refine(args) -> int:
+    from ..llm.local import LocalLM
+    from .data import answer_with, calibration_samples, sample_ids
+    from .evaluate import plan_loss_fn
+    from .refine import refine
+    from .rules import Plan
+
+    try:
+        plan = Plan.load(args.plan)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    if plan.density is None or plan.kind != "moa":
+        raise UserError(f"{args.plan}: refine takes a searched MoA plan (kind moa, with a density budget); "
+                        f"this one is kind {plan.kind!r} with density {plan.density}")
+    if args.samples < 1 or args.rounds < 1 or args.val_samples < 1:
+        raise UserError("--samples, --val-samples and --rounds must be >= 1")
+    layers = _ints(args.layers, "--layers", low=0) if args.layers else None
+    if layers and max(layers) >= plan.n_layers:
+        raise UserError(f"--layers {layers}: the plan has layers 0..{plan.n_layers - 1}")
+    budget = sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths) | {args.length}
+                    | set(_ints(args.budget_lengths, "--budget-lengths") if args.budget_lengths else []))
+    llm = LocalLM(args.model, cache=False, threads=args.threads)
+    plan.check_model(llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads, llm.model_id)
+    cal = answer_with(llm, calibration_samples(llm.count_tokens, args.length - 72, args.samples, args.seed,
+                                               objective=args.objective, text_tokens=args.length))
+    loss_fn = plan_loss_fn(llm, [sample_ids(llm, s) for s in cal])
+    bar = _bar(None, "measuring moves")
+
+    def progress(stage, i, k):
+        bar.total = k
+        bar.update(i - bar.n)
+
+    def log(step):
+        print(json.dumps(step), file=sys.stderr)
+
+    new = refine(plan, loss_fn, budget, rounds=args.rounds, alpha_step=args.alpha_step, max_changes=args.max_changes,
+                 layers=layers, progress=progress, log=log)
+    bar.close()
+    val_len = args.validate or plan.validation_length or args.length
+    val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
+    before, after = val(plan), val(new) if new.rules != plan.rules else None
+    keep = after is not None and after < before
+    out = new if keep else plan
+    out.meta.setdefault("refine", new.meta.get("refine", {}))
+    out.meta["refine"].update({"validation_length": val_len, "validation_before": before, "validation_after": after, "kept": keep})
+    if keep:
+        out.validation_length, out.validation_loss = val_len, after
+    out.save(args.out)
+    print(json.dumps({"plan": str(args.out), "kept_refined": keep, "calibration_loss": [new.meta["refine"]["start_loss"],
+                      new.meta["refine"]["loss"]], "validation_loss": [before, after], "validation_length": val_len,
+                      "mean_density": {n: out.mean_density(n) for n in budget}}))
     return 0
 
 
@@ -196,3 +231,22 @@ def register(sub) -> None:
     c.add_argument("--threads", type=int, default=None)
     c.add_argument("--json", default=None)
     c.set_defaults(fn=cmd_eval)
+
+    r = s.add_parser("refine", help="re-price the moves near a searched plan by measuring them on the model, "
+                                    "combine the good ones (MILP, same budget), keep the result when validation improves")
+    r.add_argument("plan", help="plan JSON or bundled plan name")
+    r.add_argument("--length", type=int, default=2048, help="calibration length (tokens); the budget also holds here")
+    r.add_argument("--samples", type=int, default=8, help="calibration samples the moves are measured on")
+    r.add_argument("--objective", choices=("mixed", "answers", "text"), default="mixed")
+    r.add_argument("--seed", type=int, default=7, help="calibration seed (the validation samples use another)")
+    r.add_argument("--rounds", type=int, default=1)
+    r.add_argument("--layers", default="", help="refine only these layers (default all; each head costs ~6 forward passes)")
+    r.add_argument("--alpha-step", type=int, default=64)
+    r.add_argument("--max-changes", type=int, default=None, help="first trust region (heads changed at once; default all)")
+    r.add_argument("--budget-lengths", default="", help="further lengths where the density budget must hold")
+    r.add_argument("--validate", type=int, default=None, help="validation length (default: the plan's)")
+    r.add_argument("--val-samples", type=int, default=8)
+    r.add_argument("--model", default="default")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("-o", "--out", required=True, help="plan JSON to write")
+    r.set_defaults(fn=cmd_refine)

@@ -31,6 +31,79 @@ def window_nll(model, ids: torch.Tensor, start: int) -> torch.Tensor:
         return -torch.log_softmax(lg, -1).gather(1, ids[start:, None])[:, 0].cpu()
 
 
+def mean_nll(model, seqs: list[tuple[list[int], int]]) -> float:
+    """Mean over sequences of each one's mean NLL of tokens ``start..T-1`` (``seqs`` = (ids, start)
+    pairs). Sequences of one length run as one batch (no padding, so each row's window spans are those
+    of its own length, as when it runs alone)."""
+    groups: dict[int, list[tuple[list[int], int]]] = {}
+    for ids, start in seqs:
+        if not 0 < start < len(ids):
+            raise ValueError(f"loss start {start} must be inside the sequence (1..{len(ids) - 1})")
+        groups.setdefault(len(ids), []).append((ids, start))
+    per: list[float] = []
+    with torch.inference_mode():
+        for n, group in groups.items():
+            for i in range(0, len(group), 16):  # at most 16 rows per forward
+                part = group[i:i + 16]
+                ids = torch.tensor([g[0] for g in part], device=model.device)  # (B, n)
+                h = model.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
+                for row, (_, start) in enumerate(part):
+                    lg = model.get_output_embeddings()(h[row, start - 1:-1]).float()
+                    per.append(float(torch.nn.functional.cross_entropy(lg, ids[row, start:])))
+    return sum(per) / len(per)
+
+
+def plans_mean_nll(model, seqs: list[tuple[list[int], int]], plans: list, batch: int = 16, progress=None) -> list[float]:
+    """:func:`mean_nll` of ``seqs`` under each of ``plans``, several plans per forward (each sequence
+    repeated, one plan per batch row: the per-row rules of :func:`~.kernels.apply_plans`)."""
+    from .kernels import apply_plans, remove_plan
+
+    for ids, start in seqs:
+        if not 0 < start < len(ids):
+            raise ValueError(f"loss start {start} must be inside the sequence (1..{len(ids) - 1})")
+    old = model.config._attn_implementation
+    tot = torch.zeros(len(plans), dtype=torch.float64)
+    done = 0
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(plans), batch):
+                part = plans[i:i + batch]
+                apply_plans(model, part)
+                for ids, start in seqs:
+                    x = torch.tensor([ids] * len(part), device=model.device)  # (P, T)
+                    h = model.get_decoder()(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state
+                    lg = model.get_output_embeddings()(h[:, start - 1:-1]).float()  # (P, A, V)
+                    nll = torch.nn.functional.cross_entropy(lg.transpose(1, 2), x[:, start:], reduction="none").mean(1)
+                    tot[i:i + len(part)] += nll.double().cpu()
+                done += len(part)
+                if progress:
+                    progress(done, len(plans))
+    finally:
+        remove_plan(model, old)
+    return (tot / len(seqs)).tolist()
+
+
+def plan_loss_fn(llm, seqs: list[tuple[list[int], int]], batch: int = 16):
+    """A function plan -> :func:`mean_nll` of ``seqs`` with ``plan`` applied to ``llm``'s model (None = dense).
+    Its ``many(plans, progress=None)`` measures a list of plans, ``batch`` plans per forward."""
+    from .kernels import apply_plan, remove_plan
+
+    model = llm.model
+
+    def loss(plan) -> float:
+        if plan is None:
+            return mean_nll(model, seqs)
+        old = model.config._attn_implementation
+        apply_plan(model, plan)
+        try:
+            return mean_nll(model, seqs)
+        finally:
+            remove_plan(model, old)
+
+    loss.many = lambda plans, progress=None, batch=batch: plans_mean_nll(model, seqs, plans, batch, progress)
+    return loss
+
+
 def perplexity(llm, length: int, n_windows: int, seed: int = 0) -> float:
     text = jargon_text("eval")
     ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"]

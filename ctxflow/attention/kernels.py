@@ -36,9 +36,12 @@ class LayerRules:
         self.full = bool(((self.alpha == 0) & (self.beta >= 1)).all())
 
     def spans(self, n: torch.Tensor) -> torch.Tensor:
-        """(B, H) long spans for real lengths ``n`` (B,)."""
+        """(B, H) long spans for real lengths ``n`` (B,). Rules of shape (B, H) give each batch row its
+        own rules (several plans measured in one batch)."""
         n = n.to(torch.float64)[:, None]  # (B, 1)
-        s = torch.floor(self.alpha[None, :] + self.beta[None, :] * n)  # (B, H)
+        a = self.alpha if self.alpha.dim() == 2 else self.alpha[None, :]
+        b = self.beta if self.beta.dim() == 2 else self.beta[None, :]
+        s = torch.floor(a + b * n)  # (B, H)
         return torch.minimum(s.clamp(min=1), n).long()
 
 
@@ -121,6 +124,21 @@ def apply_plan(model, plan: Plan) -> None:
     for m in attention_modules(model):
         rules = plan.rules[m.layer_idx]
         m._ctxflow_rules = LayerRules([r.alpha for r in rules], [r.beta for r in rules], plan.sinks)
+    model.set_attn_implementation(NAME)
+
+
+def apply_plans(model, plans: list[Plan]) -> None:
+    """Like :func:`apply_plan` with one plan per batch row: row ``b`` of the next forward runs ``plans[b]``
+    (all with the same sink count)."""
+    cfg = model.config
+    if len({p.sinks for p in plans}) != 1:
+        raise ValueError("plans measured in one batch must share the sink count")
+    for p in plans:
+        p.check_model(cfg.num_hidden_layers, cfg.num_attention_heads)
+    register()
+    for m in attention_modules(model):
+        rows = [p.rules[m.layer_idx] for p in plans]
+        m._ctxflow_rules = LayerRules([[r.alpha for r in rs] for rs in rows], [[r.beta for r in rs] for rs in rows], plans[0].sinks)
     model.set_attn_implementation(NAME)
 
 
