@@ -29,7 +29,8 @@ from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
 from ..types import Answer, Chunk
 from .base import ChunkList, check_question, in_order, support
-from .pcw import additive, cache_layers, cite, make_windows, model_dtype, stop_text, window_text
+from .grey import additive, cache_layers, make_windows, model_dtype, stop_text, window_text
+from .pcw import cite
 from .stuff import PROMPT
 
 POOLINGS = ("min_entropy", "mean")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ctxflow.aggregate.nbce import NBCE
-from ctxflow.aggregate.pcw import (PCW, PROMPT_Q, make_windows, pcw_generate, pcw_prefill, rank_windows, specials,
-                                   template_parts, token_ids, window_bias, with_prefix)
+from ctxflow.aggregate.grey import make_windows, specials, template_parts, token_ids, with_prefix
+from ctxflow.aggregate.pcw import PCW, PROMPT_Q, pcw_generate, pcw_prefill, rank_windows, window_bias
 from ctxflow.aggregate.stuff import PROMPT
 from ctxflow.errors import UserError
 from ctxflow.llm.base import Embedder
