@@ -179,7 +179,7 @@ def cmd_eval(args) -> int:
     table = quality_table(backends, args.length, args.windows, args.keys, args.threads, progress=lambda i, k, n, r: bar.update(1),
                           depth=depth, retrieval_length=args.retrieval_length)
     bar.close()
-    print(f"| backend | perplexity | vs dense | pass-key accuracy |\n|---|---|---|---|")
+    print("| backend | perplexity | vs dense | pass-key accuracy |\n|---|---|---|---|")
     for name, r in table["rows"].items():
         print(f"| {name} | {r['perplexity']:.3f} | {r.get('ppl_vs_dense', 0) * 100:+.2f}% | {r['retrieval_accuracy']:.2f} |")
     if args.json:

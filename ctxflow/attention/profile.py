@@ -14,7 +14,6 @@ backward pass per sample gives every layer's ``G``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -36,7 +35,7 @@ def _block_sum(x: torch.Tensor, b: int) -> torch.Tensor:
 def profile_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kw):
     """Eager attention whose probabilities report their block influence on backward.
     query (B, H, Q, D), key/value (B, H_kv, K, D), attention_mask (B, 1, Q, K) bool."""
-    H, G = query.shape[1], query.shape[1] // key.shape[1]
+    G = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(G, 1)  # (B, H, K, D)
     v = value.repeat_interleave(G, 1)
     s = (query @ k.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)  # (B, H, Q, K)

@@ -68,7 +68,7 @@ def bench_main(args: argparse.Namespace) -> int:
         raise UserError("choose a benchmark: ctxflow bench lines --lines 200,400,600 --per 10")
     from ..cli import default_pipeline
     from ..graph.spec import load
-    from .lines import run_lines_bench
+    from .lines_bench import run_lines_bench
     from .report import format_table, plot_results, write_json
 
     lengths = _lengths(args.lines)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import networkx as nx
 
 from ..errors import ConnectionError_, SpecError, UserError
-from ..events import Event, EventBus, Subscriber, use_bus
+from ..events import EventBus, Subscriber, use_bus
 from ..llm.base import LLM, Embedder
 from ..run.base import use_executor
 from .component import Socket, compatible, describe_type, input_sockets, resource_params

@@ -34,7 +34,6 @@ import faiss
 import numpy as np
 
 from ..errors import UserError
-from ..events import progress
 from ..graph.component import EmbedderRef, component
 from ..types import Chunk, Scored
 from .base import BankComponent, MemoryBank, bound, chunks_from_jsonl, chunks_to_jsonl, hit
