@@ -3,6 +3,7 @@
     ctxflow moa profile [--model default] [--lengths 1024,2048] [--samples 6] [--objective mixed] [--block 64] -o PROFILE.pt
     ctxflow moa search PROFILE.pt --density 0.5 [--sinks 64] [--validate 1536] [--budget-lengths 4096] -o PLAN.json
     ctxflow moa refine PLAN.json [--length 2048] [--samples 8] [--rounds 1] [--layers 0,1] -o PLAN2.json
+    ctxflow moa protect PLAN.json --profile PROFILE.pt [--ks 4,8,12,16] [--samples 16] [--length 1024] -o PLAN2.json
     ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 2048] [--retrieval-length 1024] [--json OUT]
 """
 from __future__ import annotations
@@ -153,6 +154,59 @@ def cmd_refine(args) -> int:
     return 0
 
 
+def cmd_protect(args) -> int:
+    from ..llm.local import LocalLM
+    from .data import sample_ids
+    from .evaluate import plan_loss_fn
+    from .profile import load_profile
+    from .protect import passkey_accuracy, passkey_calibration, protect
+    from .rules import Plan
+
+    try:
+        plan = Plan.load(args.plan)
+        prof = load_profile(args.profile)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    if plan.density is None or plan.kind != "moa":
+        raise UserError(f"{args.plan}: protect takes a searched MoA plan (kind moa, with a density budget); "
+                        f"this one is kind {plan.kind!r} with density {plan.density}")
+    if sorted(prof.get("maps", {})) != sorted(plan.profiled_lengths):
+        raise UserError(f"{args.profile} profiles lengths {sorted(prof.get('maps', {}))} but the plan was searched at "
+                        f"{sorted(plan.profiled_lengths)}: give the profile the plan came from")
+    ks = _ints(args.ks, "--ks", low=1)
+    if args.samples < 1:
+        raise UserError("--samples must be >= 1")
+    if args.length < 128:
+        raise UserError(f"--length must be >= 128 tokens (a pass key needs some text around it), got {args.length}")
+    layers = _ints(args.layers, "--layers", low=0) if args.layers else None
+    if layers and max(layers) >= plan.n_layers:
+        raise UserError(f"--layers {layers}: the plan has layers 0..{plan.n_layers - 1}")
+    llm = LocalLM(args.model, cache=False, threads=args.threads)
+    plan.check_model(llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads, llm.model_id)
+    cal = passkey_calibration(llm, args.samples, args.length, seed=args.seed)
+    loss_fn = plan_loss_fn(llm, [sample_ids(llm, s) for s in cal])
+    bar = _bar(None, "measuring heads")
+
+    def progress(i, k):
+        bar.total = k
+        bar.update(i - bar.n)
+
+    def log(rec):
+        print(json.dumps(rec), file=sys.stderr)
+
+    dense_acc = passkey_accuracy(llm, None, cal)
+    out = protect(plan, prof, loss_fn, lambda p: passkey_accuracy(llm, p, cal), ks, alpha_step=args.alpha_step,
+                  time_limit=args.time_limit, progress=progress, log=log, layers=layers)
+    bar.close()
+    out.meta["protect"].update({"samples": args.samples, "length": args.length, "seed": args.seed, "dense_accuracy": dense_acc})
+    out.save(args.out)
+    chosen = next(r for r in out.meta["protect"]["tried"] if r["k"] == out.meta["protect"]["chosen_k"])
+    print(json.dumps({"plan": str(args.out), "full_heads": chosen["k"], "passkey_accuracy": chosen["accuracy"],
+                      "dense_passkey_accuracy": dense_acc, "answer_loss": chosen["loss"],
+                      "mean_density": {n: out.mean_density(n) for n in sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths))}}))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .backend import normalize_attention
     from .evaluate import quality_table
@@ -250,3 +304,20 @@ def register(sub) -> None:
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("-o", "--out", required=True, help="plan JSON to write")
     r.set_defaults(fn=cmd_refine)
+
+    t = s.add_parser("protect", help="keep the heads pass-key retrieval needs at full window, re-solve the rest under "
+                                     "the same budget (the k with the best calibration pass-key accuracy wins)")
+    t.add_argument("plan", help="plan JSON or bundled plan name (a searched MoA plan)")
+    t.add_argument("--profile", required=True, help="the profile the plan was searched from (.pt)")
+    t.add_argument("--ks", default="4,8,12,16", help="numbers of heads to try keeping full")
+    t.add_argument("--samples", type=int, default=16, help="pass-key calibration prompts (calibration part of the document)")
+    t.add_argument("--length", type=int, default=1024, help="pass-key prompt length (tokens)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--layers", default="", help="measure only the heads of these layers (default all: one forward "
+                                                "per head and sample, minutes on a GPU, hours on 2 CPU cores)")
+    t.add_argument("--alpha-step", type=int, default=64)
+    t.add_argument("--time-limit", type=float, default=60.0, help="seconds per MILP solve (HiGHS)")
+    t.add_argument("--model", default="default")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("-o", "--out", required=True, help="plan JSON to write")
+    t.set_defaults(fn=cmd_protect)

@@ -84,9 +84,11 @@ def cost_table(maps: dict[int, torch.Tensor], rules: list[Rule], sinks: int, blo
 
 
 def solve(costs: dict[int, np.ndarray], rules: list[Rule], sinks: int, budget: float, weights: dict[int, float],
-          max_rules_per_layer: int = 2, time_limit: float = 60.0, budget_lengths: Sequence[int] = ()) -> list[list[Rule]] | None:
+          max_rules_per_layer: int = 2, time_limit: float = 60.0, budget_lengths: Sequence[int] = (),
+          fixed: dict[tuple[int, int], Rule] | None = None) -> list[list[Rule]] | None:
     """One MILP solve; returns rules[layer][head] or None when infeasible. The density budget holds
-    at every profiled length and at every length of ``budget_lengths``."""
+    at every profiled length and at every length of ``budget_lengths``. ``fixed``: (layer, head) ->
+    a rule of ``rules`` that head must take (e.g. retrieval heads kept full)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
@@ -122,7 +124,12 @@ def solve(costs: dict[int, np.ndarray], rules: list[Rule], sinks: int, budget: f
                     rows.append(k); cols.append(xi(l, h, r)); vals.append(d[r] / (L * H))
         lo.append(-np.inf); hi.append(budget); k += 1
     A = coo_matrix((vals, (rows, cols)), shape=(k, nx + ny)).tocsr()
-    res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(nx + ny), bounds=Bounds(0, 1),
+    lower = np.zeros(nx + ny)
+    for (l, h), rule in (fixed or {}).items():
+        if rule not in rules:
+            raise ValueError(f"fixed rule {rule} of layer {l} head {h} is not a candidate rule")
+        lower[xi(l, h, rules.index(rule))] = 1
+    res = milp(c, constraints=LinearConstraint(A, lo, hi), integrality=np.ones(nx + ny), bounds=Bounds(lower, 1),
                options={"time_limit": time_limit, "mip_rel_gap": 1e-3, "disp": False})
     if res.x is None:
         return None
