@@ -64,7 +64,7 @@ def rss_mb() -> float:
 
 # -- real embeddings and throughput ---------------------------------------------------------------
 def real_embeddings(max_chunks: int, timed: int, cache: str | None = None,
-                    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)) -> tuple[np.ndarray, dict]:
+                    batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32, 64)) -> tuple[np.ndarray, dict]:
     """MiniLM vectors of ``max_chunks`` real chunks, and the embedding throughput: the same ``timed``
     chunks encoded at each of ``batch_sizes`` (best of 2 passes), so the rates compare like with like."""
     if cache and Path(cache + ".npy").exists():  # vectors and throughput of an earlier run (same settings)
