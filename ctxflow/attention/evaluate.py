@@ -86,19 +86,13 @@ def plans_mean_nll(model, seqs: list[tuple[list[int], int]], plans: list, batch:
 def plan_loss_fn(llm, seqs: list[tuple[list[int], int]], batch: int = 16):
     """A function plan -> :func:`mean_nll` of ``seqs`` with ``plan`` applied to ``llm``'s model (None = dense).
     Its ``many(plans, progress=None)`` measures a list of plans, ``batch`` plans per forward."""
-    from .kernels import apply_plan, remove_plan
+    from .kernels import plan_applied
 
     model = llm.model
 
     def loss(plan) -> float:
-        if plan is None:
+        with plan_applied(model, plan):
             return mean_nll(model, seqs)
-        old = model.config._attn_implementation
-        apply_plan(model, plan)
-        try:
-            return mean_nll(model, seqs)
-        finally:
-            remove_plan(model, old)
 
     loss.many = lambda plans, progress=None, batch=batch: plans_mean_nll(model, seqs, plans, batch, progress)
     return loss
@@ -118,9 +112,14 @@ def retrieval(llm, length: int, n_keys: int, seed: int = 0, depth: tuple[float, 
     rng = random.Random(seed + 1)
     text = jargon_text("eval")
     samples = [passkey_sample(llm.count_tokens, length - 40, rng, text, depth=rng.uniform(*depth)) for _ in range(n_keys)]
-    gens = llm.generate([s.prompt for s in samples], max_new_tokens=10)
+    return passkey_rows(llm, samples)
+
+
+def passkey_rows(llm, samples, max_new_tokens: int = 10) -> tuple[float, list[dict]]:
+    """(accuracy, rows) of greedy replies to pass-key ``samples``: correct when the key is in the reply."""
+    gens = llm.generate([s.prompt for s in samples], max_new_tokens=max_new_tokens)
     rows = [{"expected": s.expected, "reply": g.text, "ok": s.expected in g.text} for s, g in zip(samples, gens)]
-    return sum(r["ok"] for r in rows) / len(rows), rows
+    return sum(r["ok"] for r in rows) / max(len(rows), 1), rows
 
 
 def quality_table(backends: dict[str, Any], length: int = 1024, n_windows: int = 4, n_keys: int = 8, threads: int | None = None,

@@ -18,6 +18,8 @@ heads at full window) runs plain masked SDPA.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -147,3 +149,18 @@ def remove_plan(model, implementation: str = "sdpa") -> None:
         if hasattr(m, "_ctxflow_rules"):
             del m._ctxflow_rules
     model.set_attn_implementation(implementation)
+
+
+@contextmanager
+def plan_applied(model, plan: Plan | None):
+    """``with plan_applied(model, plan):`` runs the block under ``plan`` (None = as the model is) and
+    restores the model's attention implementation afterwards."""
+    if plan is None:
+        yield model
+        return
+    old = model.config._attn_implementation
+    apply_plan(model, plan)
+    try:
+        yield model
+    finally:
+        remove_plan(model, old)

@@ -13,17 +13,20 @@ the quality table miss every pass key. This step (an addition to the MoA recipe)
 3. :func:`protected_plan`: the MILP of :mod:`.search` solved again with the ``k`` heads of largest
    gain fixed to the full window, under the same density budget, lengths and weighting; the other
    heads pay for them.
-4. ``ctxflow moa protect`` tries several ``k`` and keeps the smallest whose calibration pass-key
-   accuracy reaches ``target`` x the dense model's; all tried are recorded in the plan's meta.
+4. :func:`protect` (``ctxflow moa protect``) tries several ``k`` and keeps the plan (the input
+   one counts as k = 0) with the best calibration pass-key accuracy, ties broken by the lower answer
+   loss; all tried are recorded in the plan's meta.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .data import Sample, jargon_text, passkey_sample
+from .refine import measure_moves, with_rules
 from .rules import FULL, Plan
 from .search import candidate_rules, cost_table, solve
 
@@ -41,41 +44,28 @@ def passkey_calibration(llm, n: int, length: int, seed: int = 0) -> list[Sample]
 
 def passkey_accuracy(llm, plan: Plan | None, samples: Sequence[Sample], max_new_tokens: int = 10) -> float:
     """Share of ``samples`` whose greedy reply under ``plan`` (None = dense) contains the key."""
-    from .kernels import apply_plan, remove_plan
+    from .evaluate import passkey_rows
+    from .kernels import plan_applied
 
-    old = llm.model.config._attn_implementation
-    if plan is not None:
-        apply_plan(llm.model, plan)
-    try:
-        gens = llm.generate([s.prompt for s in samples], max_new_tokens=max_new_tokens)
-    finally:
-        if plan is not None:
-            remove_plan(llm.model, old)
-    return sum(s.expected in g.text for s, g in zip(samples, gens)) / max(len(samples), 1)
+    with plan_applied(llm.model, plan):
+        return passkey_rows(llm, samples, max_new_tokens)[0]
 
 
 def with_full(plan: Plan, heads: Sequence[tuple[int, int]]) -> Plan:
-    rules = [list(x) for x in plan.rules]
-    for l, h in heads:
-        rules[l][h] = FULL
-    return Plan(plan.model_id, rules, sinks=plan.sinks, block_size=plan.block_size, density=plan.density,
-                profiled_lengths=list(plan.profiled_lengths), kind=plan.kind, meta=dict(plan.meta))
+    return with_rules(plan, {tuple(lh): FULL for lh in heads})
 
 
-def head_gains(plan: Plan, loss_fn: Callable, progress=None, layers: Sequence[int] | None = None) -> np.ndarray:
-    """(layers, heads): ``loss(plan) - loss(plan with only that head full)``; 0 for heads already full
-    and for layers not in ``layers`` (default all). ``loss_fn`` as
-    :func:`~ctxflow.attention.evaluate.plan_loss_fn` (its ``many`` batches the heads)."""
-    base = float(loss_fn(plan))
-    todo = [(l, h) for l in range(plan.n_layers) for h in range(plan.n_heads)
-            if plan.rules[l][h] != FULL and (layers is None or l in layers)]
-    plans = [with_full(plan, [lh]) for lh in todo]
-    many = getattr(loss_fn, "many", None)
-    losses = many(plans, progress) if many is not None else [loss_fn(p) for p in plans]
+def head_gains(plan: Plan, loss_fn: Callable, progress=None, layers: Sequence[int] | None = None) -> tuple[float, np.ndarray]:
+    """(``loss(plan)``, gains): gains[layer, head] = ``loss(plan) - loss(plan with only that head
+    full)``; 0 for heads already full and for layers not in ``layers`` (default all). The one-head
+    moves of :func:`~ctxflow.attention.refine.measure_moves` with the full window as the only move."""
+    cands = [[[FULL] if rule != FULL and (layers is None or l in layers) else [] for rule in layer]
+             for l, layer in enumerate(plan.rules)]
+    base, moves = measure_moves(plan, loss_fn, cands, progress)
     gains = np.zeros((plan.n_layers, plan.n_heads))
-    for (l, h), v in zip(todo, losses):
-        gains[l, h] = base - float(v)
-    return gains
+    for (l, h), ((_, delta),) in moves.items():
+        gains[l, h] = -delta
+    return base, gains
 
 
 def top_heads(gains: np.ndarray, k: int) -> list[tuple[int, int]]:
@@ -85,10 +75,10 @@ def top_heads(gains: np.ndarray, k: int) -> list[tuple[int, int]]:
     return [lh for lh in out if gains[lh] > 0]
 
 
-def protected_plan(plan: Plan, prof: dict, heads: Sequence[tuple[int, int]], alpha_step: int = 64,
-                   time_limit: float = 60.0) -> Plan | None:
-    """``plan``'s MILP (its profile ``prof``, density, sinks, weighting and budget lengths, read from
-    its meta) solved again with ``heads`` fixed to the full window; None when infeasible."""
+def full_head_solver(plan: Plan, prof: dict, alpha_step: int = 64, time_limit: float = 60.0) -> Callable[[Sequence[tuple[int, int]]], Plan | None]:
+    """heads -> ``plan``'s MILP (its profile ``prof``, density, sinks, weighting and budget lengths,
+    read from its meta) solved again with ``heads`` fixed to the full window; None when infeasible.
+    The cost table is built once for all calls."""
     if plan.density is None:
         raise ValueError("the plan records no density budget (plan.density); protect needs a searched plan")
     lengths = sorted(prof["maps"])
@@ -96,14 +86,22 @@ def protected_plan(plan: Plan, prof: dict, heads: Sequence[tuple[int, int]], alp
     costs = cost_table(prof["maps"], rules, plan.sinks, prof["block"])
     weights = {int(k): float(v) for k, v in (plan.meta.get("weights") or {}).items()} or {n: 1.0 for n in lengths}
     budget_lengths = [int(n) for n in plan.meta.get("budget_lengths", [])]
-    sol = solve(costs, rules, plan.sinks, plan.density, weights, time_limit=time_limit, budget_lengths=budget_lengths,
-                fixed={tuple(lh): FULL for lh in heads})
-    if sol is None:
-        return None
-    meta = dict(plan.meta)
-    meta["full_heads"] = [list(lh) for lh in heads]
-    return Plan(plan.model_id, sol, sinks=plan.sinks, block_size=prof["block"], density=plan.density,
-                profiled_lengths=lengths, kind="moa", meta=meta)
+
+    def solve_with(heads: Sequence[tuple[int, int]]) -> Plan | None:
+        sol = solve(costs, rules, plan.sinks, plan.density, weights, time_limit=time_limit, budget_lengths=budget_lengths,
+                    fixed={tuple(lh): FULL for lh in heads})
+        if sol is None:
+            return None
+        return Plan(plan.model_id, sol, sinks=plan.sinks, block_size=prof["block"], density=plan.density,
+                    profiled_lengths=lengths, kind="moa", meta={**plan.meta, "full_heads": [list(lh) for lh in heads]})
+
+    return solve_with
+
+
+def protected_plan(plan: Plan, prof: dict, heads: Sequence[tuple[int, int]], alpha_step: int = 64,
+                   time_limit: float = 60.0) -> Plan | None:
+    """One solve of :func:`full_head_solver`."""
+    return full_head_solver(plan, prof, alpha_step, time_limit)(heads)
 
 
 def protect(plan: Plan, prof: dict, loss_fn: Callable, acc_fn: Callable[[Plan], float], ks: Sequence[int] = (4, 8, 12, 16),
@@ -114,8 +112,9 @@ def protect(plan: Plan, prof: dict, loss_fn: Callable, acc_fn: Callable[[Plan], 
     the result's ``meta["protect"]``. ``layers``: measure only the heads of these layers (default all)."""
     if any(k < 1 for k in ks):
         raise ValueError(f"every k must be >= 1, got {list(ks)}")
-    gains = head_gains(plan, loss_fn, progress, layers)
-    tried = [{"k": 0, "heads": [], "feasible": True, "accuracy": float(acc_fn(plan)), "loss": float(loss_fn(plan))}]
+    solve_with = full_head_solver(plan, prof, alpha_step, time_limit)
+    base, gains = head_gains(plan, loss_fn, progress, layers)
+    tried = [{"k": 0, "heads": [], "feasible": True, "accuracy": float(acc_fn(plan)), "loss": base}]
     plans = {0: plan}
     if log:
         log(tried[0])
@@ -124,7 +123,7 @@ def protect(plan: Plan, prof: dict, loss_fn: Callable, acc_fn: Callable[[Plan], 
         rec: dict = {"k": k, "heads": [list(h) for h in heads]}
         if len(heads) < k:  # fewer heads gain anything
             rec["note"] = f"only {len(heads)} heads gain from a full window"
-        new = protected_plan(plan, prof, heads, alpha_step, time_limit) if heads else None
+        new = solve_with(heads) if heads else None
         rec["feasible"] = new is not None
         if new is not None:
             rec.update(accuracy=float(acc_fn(new)), loss=float(loss_fn(new)))
@@ -134,9 +133,6 @@ def protect(plan: Plan, prof: dict, loss_fn: Callable, acc_fn: Callable[[Plan], 
             log(rec)
     best = max((r for r in tried if r["feasible"]), key=lambda r: (r["accuracy"], -r["loss"]))
     out = plans[best["k"]]
-    meta = dict(out.meta)
-    meta["protect"] = {"chosen_k": best["k"], "tried": tried,
-                       "top_gains": [[int(l), int(h), float(gains[l, h])] for l, h in top_heads(gains, 32)]}
-    return Plan(out.model_id, [list(x) for x in out.rules], sinks=out.sinks, block_size=out.block_size, density=out.density,
-                profiled_lengths=list(out.profiled_lengths), validation_length=plan.validation_length,
-                validation_loss=plan.validation_loss, kind=out.kind, meta=meta)
+    protect_meta = {"chosen_k": best["k"], "tried": tried,
+                    "top_gains": [[int(l), int(h), float(gains[l, h])] for l, h in top_heads(gains, 32)]}
+    return dataclasses.replace(out, rules=[list(x) for x in out.rules], meta={**out.meta, "protect": protect_meta})

@@ -59,8 +59,14 @@ def candidates(plan: Plan, lengths: Sequence[int], alpha_step: float = 64, beta_
 
 
 def with_rule(plan: Plan, layer: int, head: int, rule: Rule) -> Plan:
+    return with_rules(plan, {(layer, head): rule})
+
+
+def with_rules(plan: Plan, changes: dict[tuple[int, int], Rule]) -> Plan:
+    """A copy of ``plan`` with (layer, head) -> rule ``changes`` (validation results dropped: it is another plan)."""
     rules = [list(x) for x in plan.rules]
-    rules[layer][head] = rule
+    for (layer, head), rule in changes.items():
+        rules[layer][head] = rule
     return Plan(plan.model_id, rules, sinks=plan.sinks, block_size=plan.block_size, density=plan.density,
                 profiled_lengths=list(plan.profiled_lengths), kind=plan.kind, meta=dict(plan.meta))
 
