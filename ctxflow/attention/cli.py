@@ -212,6 +212,8 @@ def cmd_eval(args) -> int:
     from .evaluate import quality_table
     from .rules import Plan
 
+    if args.windows < 1 or args.keys < 1:
+        raise UserError(f"--windows and --keys must be >= 1, got {args.windows} and {args.keys}")
     backends: dict = {"dense": None}
     plans = [p for p in (args.plans or "").split(",") if p]
     dens = [float(x) for x in args.densities.split(",") if x]

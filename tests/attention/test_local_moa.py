@@ -70,3 +70,12 @@ def test_plan_for_another_model_is_refused(tmp_path):
     p = Plan("other", [[Rule(0, 1)] * 4] * 2).save(tmp_path / "p.json")
     with pytest.raises(ValueError, match="2 layers x 4 heads"):
         LocalLM(cache=False, attention=str(p)).warm_up()
+
+
+def test_moa_eval_cli_refuses_bad_counts(capsys):
+    from ctxflow.cli import main
+
+    assert main(["moa", "eval", "--keys", "0"]) == 2
+    assert "--windows and --keys must be >= 1, got 4 and 0" in capsys.readouterr().err
+    assert main(["moa", "eval", "--windows", "0"]) == 2
+    assert "got 0 and 8" in capsys.readouterr().err
