@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from ctxflow.attention.profile import _block_sum, influence_one, profile_attention, register
-from ctxflow.attention.rules import band_density
+from ctxflow.attention.profile import _block_sum, influence_one, register
 from ctxflow.attention.search import candidate_rules, cost_table, pareto_plans
 
 
