@@ -4,6 +4,7 @@
     ctxflow moa search PROFILE.pt --density 0.5 [--sinks 64] [--validate 1536] [--budget-lengths 4096] -o PLAN.json
     ctxflow moa refine PLAN.json [--length 2048] [--samples 8] [--rounds 1] [--layers 0,1] -o PLAN2.json
     ctxflow moa protect PLAN.json --profile PROFILE.pt [--ks 4,8,12,16] [--samples 16] [--length 1024] -o PLAN2.json
+    ctxflow moa tune PLAN.json [--lengths 1024,2048,4096] [--samples 48] [--steps 300] [--validate 1536] -o PLAN2.json
     ctxflow moa eval [--plans A.json,B.json] [--densities 0.5,0.25] [--length 2048] [--retrieval-length 1024] [--json OUT]
 """
 from __future__ import annotations
@@ -207,6 +208,60 @@ def cmd_protect(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from ..llm.local import LocalLM
+    from .data import answer_with, calibration_samples, sample_ids
+    from .rules import Plan
+    from .tune import tune
+
+    try:
+        plan = Plan.load(args.plan)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    if plan.density is None or plan.kind != "moa":
+        raise UserError(f"{args.plan}: tune takes a searched MoA plan (kind moa, with a density budget); "
+                        f"this one is kind {plan.kind!r} with density {plan.density}")
+    lengths = _ints(args.lengths, "--lengths", low=128)
+    if args.samples < 1 or args.steps < 1 or args.val_samples < 1 or args.batch_tokens < max(lengths):
+        raise UserError(f"--samples, --steps and --val-samples must be >= 1 and --batch-tokens >= the longest length "
+                        f"({max(lengths)}); got {args.samples}, {args.steps}, {args.val_samples}, {args.batch_tokens}")
+    if not (args.lr > 0 and 0 < args.tau_end <= 1):
+        raise UserError(f"--lr must be > 0 and --tau-end in (0, 1], got {args.lr} and {args.tau_end}")
+    budget = sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths) | set(lengths)
+                    | set(_ints(args.budget_lengths, "--budget-lengths") if args.budget_lengths else []))
+    llm = LocalLM(args.model, cache=False, threads=args.threads)
+    plan.check_model(llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads, llm.model_id)
+    seqs = []
+    for n in lengths:
+        cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, args.samples, args.seed + n,
+                                                   objective=args.objective, text_tokens=n))
+        seqs += [sample_ids(llm, s) for s in cal]
+    bar = _bar(args.steps, "tuning gates")
+
+    def progress(i, k, rec):
+        bar.update(1)
+        bar.set_postfix(nll=f"{rec['nll']:.3f}", tau=rec["tau"])
+
+    new = tune(llm, plan, seqs, budget, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, tau_end=args.tau_end,
+               seed=args.seed, progress=progress)
+    bar.close()
+    val_len = args.validate or plan.validation_length or 1536
+    val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
+    before, after = val(plan), val(new) if new.rules != plan.rules else None
+    keep = after is not None and after < before
+    out = new if keep else plan
+    out.meta = {**out.meta, "tune": {**new.meta["tune"], "validation_length": val_len, "validation_samples": args.val_samples,
+                                     "validation_before": before, "validation_after": after, "kept": keep}}
+    if keep:
+        out.validation_length, out.validation_loss = val_len, after
+    out.save(args.out)
+    print(json.dumps({"plan": str(args.out), "kept_tuned": keep, "changed_heads": new.meta["tune"]["changed_heads"],
+                      "calibration_nll": [new.meta["tune"]["nll_first"], new.meta["tune"]["nll_last"]],
+                      "validation_loss": [before, after], "validation_length": val_len,
+                      "mean_density": {n: out.mean_density(n) for n in budget}}))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .backend import normalize_attention
     from .evaluate import quality_table
@@ -306,6 +361,25 @@ def register(sub) -> None:
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("-o", "--out", required=True, help="plan JSON to write")
     r.set_defaults(fn=cmd_refine)
+
+    u = s.add_parser("tune", help="train per-head gates over candidate rules on the real loss (all heads together, "
+                                  "model frozen), round them to a plan (MILP, same budget), keep it when validation improves")
+    u.add_argument("plan", help="plan JSON or bundled plan name (a searched MoA plan)")
+    u.add_argument("--lengths", default="1024,2048,4096", help="calibration lengths (tokens); the budget also holds there")
+    u.add_argument("--samples", type=int, default=48, help="calibration samples per length")
+    u.add_argument("--objective", choices=("mixed", "answers", "text"), default="mixed")
+    u.add_argument("--steps", type=int, default=300, help="gradient steps (one batch of similar-length samples each)")
+    u.add_argument("--batch-tokens", type=int, default=16384, help="tokens per step (rows x length)")
+    u.add_argument("--lr", type=float, default=0.05)
+    u.add_argument("--tau-end", type=float, default=0.3, help="final softmax temperature of the gates (starts at 1)")
+    u.add_argument("--seed", type=int, default=11, help="calibration seed (the validation samples use another)")
+    u.add_argument("--budget-lengths", default="", help="further lengths where the density budget must hold")
+    u.add_argument("--validate", type=int, default=None, help="validation length (default: the plan's)")
+    u.add_argument("--val-samples", type=int, default=16)
+    u.add_argument("--model", default="default")
+    u.add_argument("--threads", type=int, default=None)
+    u.add_argument("-o", "--out", required=True, help="plan JSON to write")
+    u.set_defaults(fn=cmd_tune)
 
     t = s.add_parser("protect", help="keep the heads pass-key retrieval needs at full window, re-solve the rest under "
                                      "the same budget (the k with the best calibration pass-key accuracy wins)")

@@ -60,7 +60,7 @@ def build_block_mask(spans: torch.Tensor, sinks: int, n: int, block: int = 128):
                                     mask_mod=make_mask_mod(spans, sinks), seq_lengths=(n, n))
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=512)
 def cached_block_mask(spans: tuple[int, ...], sinks: int, n: int, block: int = 128, device: str = "cuda"):
     """:func:`build_block_mask`, cached by shape and spans (block-mask creation is not free)."""
     return build_block_mask(torch.tensor(spans, dtype=torch.long, device=device), sinks, n, block)

@@ -1,0 +1,95 @@
+"""Learned rule gates on the bundled plans (``ctxflow moa tune`` in one process), then the quality
+table rows for dense, the bundled plans and the tuned ones.
+
+    CTXFLOW_DEVICE=cuda python bench/moa_tune.py --out DIR [--densities 0.5,0.25] [--steps 300] [--samples 48]
+
+Writes DIR/tuned-<d>.json (plans) and DIR/moa_tune.json (runs, validation, quality rows); prints
+progress. A GPU job (the CPU works, slowly); the quality table of record is re-run on the CPU with
+``ctxflow moa eval``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--densities", default="0.5,0.25")
+    ap.add_argument("--lengths", default="1024,2048,4096")
+    ap.add_argument("--samples", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-tokens", type=int, default=16384)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--tau-end", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--val-samples", type=int, default=16)
+    ap.add_argument("--eval", default="2048,6,10,1024", help="LENGTH,WINDOWS,KEYS,RETRIEVAL_LENGTH of the quality rows ('' = none)")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from ctxflow.attention.cli import validation_loss_fn
+    from ctxflow.attention.data import answer_with, calibration_samples, sample_ids
+    from ctxflow.attention.rules import Plan
+    from ctxflow.attention.tune import tune
+    from ctxflow.llm.local import LocalLM
+
+    t0 = time.time()
+    llm = LocalLM(cache=False)
+    lengths = [int(x) for x in a.lengths.split(",")]
+    seqs = []
+    for n in lengths:
+        cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, a.samples, a.seed + n, objective="mixed", text_tokens=n))
+        seqs += [sample_ids(llm, s) for s in cal]
+    print(f"calibration: {len(seqs)} samples in {time.time() - t0:.0f}s", flush=True)
+    res = {"args": vars(a), "device": str(llm.model.device), "runs": {}}
+    val = None
+    for d in [float(x) for x in a.densities.split(",")]:
+        name = f"smollm2-135m-{int(d * 100)}"
+        plan = Plan.load(name)
+        budget = sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths) | set(lengths))
+        t1 = time.time()
+
+        def progress(i, k, rec):
+            if i % 25 == 0 or i == k:
+                print(f"  {name} step {i}/{k} nll {rec['nll']:.4f} tau {rec['tau']} density {rec['density']} ({time.time() - t1:.0f}s)", flush=True)
+
+        new = tune(llm, plan, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed,
+                   progress=progress)
+        secs = time.time() - t1
+        if val is None:
+            val = validation_loss_fn(llm, plan.validation_length or 1536, a.val_samples, objective="mixed")
+        before, after = val(plan), val(new)
+        new.validation_length, new.validation_loss = plan.validation_length or 1536, after
+        new.meta["tune"].update({"validation_before": before, "validation_after": after, "seconds": round(secs, 1)})
+        path = out / f"tuned-{int(d * 100)}.json"
+        new.save(path)
+        res["runs"][name] = {"tune": new.meta["tune"], "validation_before": before, "validation_after": after, "plan": path.name,
+                             "mean_density": {n: new.mean_density(n) for n in budget}}
+        print(json.dumps({name: {"validation": [before, after], "changed": new.meta["tune"]["changed_heads"], "seconds": round(secs)}}), flush=True)
+        (out / "moa_tune.json").write_text(json.dumps(res, indent=1))
+    if a.eval:
+        from ctxflow.attention.evaluate import quality_table
+
+        length, windows, keys, rlen = (int(x) for x in a.eval.split(","))
+        backends = {"dense": None}
+        for d in [float(x) for x in a.densities.split(",")]:
+            backends[f"moa_{int(d * 100)}"] = {"type": "moa", "plan": f"smollm2-135m-{int(d * 100)}"}
+            backends[f"tuned_{int(d * 100)}"] = {"type": "moa", "plan": str(out / f"tuned-{int(d * 100)}.json")}
+        table = quality_table(backends, length, windows, keys, retrieval_length=rlen,
+                              progress=lambda i, k, n, r: print(f"  {n}: ppl {r['perplexity']:.3f} keys {r['retrieval_accuracy']:.2f}", flush=True))
+        res["quality"] = table
+        for n, r in table["rows"].items():
+            print(f"| {n} | {r['perplexity']:.3f} | {r.get('ppl_vs_dense', 0) * 100:+.2f}% | {r['retrieval_accuracy']:.2f} |", flush=True)
+    res["seconds"] = round(time.time() - t0, 1)
+    (out / "moa_tune.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Learned rule gates: a plan tuned by gradient descent on a relaxation of the per-head rule choice.
+
+The search (:mod:`.search`) prices each rule by a first-order estimate taken at the *dense* model,
+one attention entry at a time, and adds the prices up over all heads. Both steps are where its
+plans lose perplexity: cutting a whole band is not a small change, and once most heads are sparse
+together their losses do not add up (the measured one-head moves of :mod:`.refine` showed it).
+This step (``ctxflow moa tune``, an addition to the MoA recipe in the spirit of DuoAttention's
+learned gates, extended from two choices per head to MoA's elastic rules) optimises all heads
+together on the real loss:
+
+1. Every layer gets a short list of candidate rules: its plan's own rules and a ladder (full,
+   ``beta`` in {1/8, 1/4, 1/2, 3/4}, fixed windows of 64-512 tokens), those valid at every budget
+   length.
+2. Every head's attention output becomes a mixture ``sum_r p[l, h, r] * attn_r`` over its layer's
+   candidates, ``p = softmax(theta / tau)``, ``theta`` initialised to favour the plan's rule. All
+   candidates are computed in one attention call per layer (the query heads repeated once per
+   candidate, each copy with its own window: :func:`mixture_attention`; FlexAttention on a GPU,
+   masked SDPA on the CPU). The model's weights stay frozen.
+3. ``theta`` is trained (Adam) on the calibration loss (the same samples the profile uses: text
+   windows, the dense model's answers to long-range questions) plus an augmented-Lagrangian term
+   holding the *expected* mean density at or below the budget at every budget length; ``tau``
+   falls over the run so that ``p`` ends close to one rule per head.
+4. The final ``p`` is rounded by the refinement MILP (:func:`.refine.solve_moves`: one rule per
+   head, at most two distinct rules per layer, the budget at every budget length, cost
+   ``-log p``). ``ctxflow moa tune`` keeps the result only when it also lowers the loss on separate
+   validation samples.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import attention_modules, register_attention
+from .refine import solve_moves
+from .rules import FULL, Plan, Rule, band_density
+
+NAME = "ctxflow_mixture"
+LADDER_BETAS = (0.125, 0.25, 0.5, 0.75)
+LADDER_ALPHAS = (64, 128, 256, 512)
+
+
+def ladder(lengths: Sequence[int]) -> list[Rule]:
+    """The rules every layer may move to: full, ``beta`` in {1/8, 1/4, 1/2, 3/4}, fixed windows of
+    64..512 tokens; those valid at every length of ``lengths``."""
+    rules = [FULL] + [Rule(0.0, b) for b in LADDER_BETAS] + [Rule(float(a), 0.0) for a in LADDER_ALPHAS]
+    return [r for r in rules if r.valid(lengths)]
+
+
+def layer_candidates(plan: Plan, lengths: Sequence[int]) -> list[list[Rule]]:
+    """[layer] -> candidate rules: the layer's own rules first, then the :func:`ladder`."""
+    base = ladder(lengths)
+    return [list(dict.fromkeys(list(dict.fromkeys(layer)) + base)) for layer in plan.rules]
+
+
+class Gates(torch.nn.Module):
+    """Logits ``theta`` (L, H, R) over each layer's candidates (padded to R; padding never chosen)."""
+
+    def __init__(self, plan: Plan, cands: list[list[Rule]], init: float = 3.0):
+        super().__init__()
+        L, H = plan.n_layers, plan.n_heads
+        R = max(len(c) for c in cands)
+        self.cands, self.sinks, self.R = cands, plan.sinks, R
+        valid = torch.zeros(L, R, dtype=torch.bool)
+        theta = torch.zeros(L, H, R)
+        for l in range(L):
+            valid[l, :len(cands[l])] = True
+            for h in range(H):
+                theta[l, h, cands[l].index(plan.rules[l][h])] = init
+        self.register_buffer("valid", valid)
+        self.theta = torch.nn.Parameter(theta)
+
+    def probs(self, tau: float = 1.0) -> torch.Tensor:
+        """(L, H, R) rule probabilities."""
+        t = (self.theta / tau).masked_fill(~self.valid[:, None, :], float("-inf"))
+        return torch.softmax(t, -1)
+
+    def densities(self, n: int) -> torch.Tensor:
+        """(L, R) density of each candidate at length ``n`` (0 for padding)."""
+        d = torch.zeros(len(self.cands), self.R)
+        for l, cs in enumerate(self.cands):
+            d[l, :len(cs)] = torch.tensor([band_density(r.span(n), n, self.sinks) for r in cs])
+        return d.to(self.theta.device)
+
+    def spans(self, layer: int, n: int) -> list[int]:
+        cs = self.cands[layer]
+        return [r.span(n) for r in cs] + [1] * (self.R - len(cs))
+
+
+def expected_density(p: torch.Tensor, dens: torch.Tensor) -> torch.Tensor:
+    """Mean over heads of the expected density: p (L, H, R), dens (L, R)."""
+    return (p * dens[:, None, :]).sum(-1).mean()
+
+
+def _window_mask(spans: Sequence[int], sinks: int, n: int, device) -> torch.Tensor:
+    """(R, n, n) bool: causal, within each span or on a sink."""
+    i = torch.arange(n, device=device)
+    dist = i[:, None] - i[None, :]
+    s = torch.tensor(list(spans), device=device)[:, None, None]
+    return (dist >= 0)[None] & ((dist < s) | (i[None, None, :] < sinks))
+
+
+def mixture_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers attention function: each head's output is the ``p``-weighted mixture of its
+    layer's candidate windows (``module._ctxflow_mix = (spans (R,), p (H, R), sinks)``). Causal
+    attention over right-padded rows only (padding never reaches a real token's output); every
+    candidate runs in one call with the query heads repeated R times (GQA kept)."""
+    spans, p, sinks = module._ctxflow_mix
+    B, H, N, D = query.shape
+    if key.shape[2] != N:
+        raise ValueError("mixture attention runs whole sequences (no KV cache)")
+    R = len(spans)
+    q = query[:, :, None].expand(B, H, R, N, D).reshape(B, H * R, N, D)
+    vspans = torch.tensor(list(spans) * H, device=query.device)  # virtual head h*R + r -> spans[r]
+    if query.device.type == "cuda":
+        from .flex import sparse_prefill
+
+        dt = torch.bfloat16
+        out = sparse_prefill(q.to(dt), key.to(dt), value.to(dt), vspans, sinks, scale=scaling).to(query.dtype)
+    else:
+        mask = _window_mask(spans, sinks, N, query.device)  # (R, N, N)
+        mask = mask[None].expand(H, R, N, N).reshape(1, H * R, N, N)
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != H * R)
+    out = torch.einsum("bhrnd,hr->bhnd", out.view(B, H, R, N, D), p.to(out.dtype))
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _batches(seqs: list[tuple[list[int], int]], batch_tokens: int) -> list[list[int]]:
+    """Indices of ``seqs`` grouped into batches of similar length, about ``batch_tokens`` tokens each."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    out, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * len(seqs[i][0]) > batch_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def padded_length(seqs: list[tuple[list[int], int]], multiple: int = 256) -> int:
+    """The batch's longest row rounded up to ``multiple`` (few distinct shapes: compiled kernels and
+    block masks are reused)."""
+    return -(-max(len(ids) for ids, _ in seqs) // multiple) * multiple
+
+
+def batch_loss(model, seqs: list[tuple[list[int], int]], pad_id: int = 0, T: int | None = None) -> torch.Tensor:
+    """Mean over rows of each row's mean NLL of tokens ``start..T-1`` (rows right-padded to ``T``)."""
+    T = T or max(len(ids) for ids, _ in seqs)
+    dev = model.device
+    x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    for r, (ids, _) in enumerate(seqs):
+        x[r, :len(ids)] = torch.tensor(ids)
+    x = x.to(dev)
+    h = model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state  # (B, T, d)
+    head = model.get_output_embeddings()
+    losses = []
+    for r, (ids, start) in enumerate(seqs):
+        lg = head(h[r, start - 1:len(ids) - 1]).float()
+        losses.append(F.cross_entropy(lg, x[r, start:len(ids)]))
+    return torch.stack(losses).mean()
+
+
+def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Sequence[int], steps: int = 300,
+         batch_tokens: int = 16384, lr: float = 0.05, init: float = 3.0, tau_end: float = 0.3, rho: float = 20.0,
+         seed: int = 0, progress: Callable[[int, int, dict], None] | None = None) -> Plan:
+    """Train the gates on ``seqs`` ((ids, loss start) pairs) and round them to a plan (module
+    docstring). The density budget (``plan.density``) holds at every length of ``budget_lengths``
+    and the plan's profiled lengths. Returns the rounded plan (``plan``'s rules when nothing is
+    predicted to help), with the run recorded in ``meta["tune"]``."""
+    if plan.density is None:
+        raise ValueError("tune needs a plan searched under a density budget (plan.density is None)")
+    if steps < 1 or batch_tokens < 1 or not seqs:
+        raise ValueError("tune needs steps >= 1, batch_tokens >= 1 and at least one calibration sequence")
+    for ids, start in seqs:
+        if not 0 < start < len(ids):
+            raise ValueError(f"loss start {start} must be inside the sequence (1..{len(ids) - 1})")
+    model = llm.model
+    lengths = sorted(set(budget_lengths) | set(plan.profiled_lengths))
+    cands = layer_candidates(plan, lengths)
+    gates = Gates(plan, cands, init).to(model.device)
+    dens = {n: gates.densities(n) for n in lengths}
+    mods = attention_modules(model)
+    if len(mods) != plan.n_layers:
+        raise ValueError(f"the plan has {plan.n_layers} layers, the model {len(mods)}")
+    plan.check_model(model.config.num_hidden_layers, model.config.num_attention_heads)
+    batches = _batches(seqs, batch_tokens)
+    rng = random.Random(seed)
+    opt = torch.optim.Adam(gates.parameters(), lr=lr)
+    lam = {n: 0.0 for n in lengths}
+    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
+    old = model.config._attn_implementation
+    req = [q.requires_grad for q in model.parameters()]
+    for q in model.parameters():
+        q.requires_grad_(False)
+    register_attention(NAME, mixture_attention)
+    if model.device.type == "cuda":  # one compiled flex kernel per (length, direction)
+        import torch._dynamo as dynamo
+
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 256)
+        if hasattr(dynamo.config, "recompile_limit"):
+            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 256)
+    model.set_attn_implementation(NAME)
+    history = []
+    try:
+        with torch.enable_grad():
+            for step in range(steps):
+                tau = 1.0 + (tau_end - 1.0) * step / max(steps - 1, 1)
+                p = gates.probs(tau)
+                part = [seqs[i] for i in rng.choice(batches)]
+                n = padded_length(part)  # windows follow the padded length (within 256 tokens of the real one)
+                for m in mods:
+                    m._ctxflow_mix = (gates.spans(m.layer_idx, n), p[m.layer_idx], plan.sinks)
+                nll = batch_loss(model, part, pad, n)
+                gaps = {k: expected_density(p, d) - plan.density for k, d in dens.items()}
+                # augmented Lagrangian for g <= 0: (rho/2) (max(0, lam/rho + g)^2 - (lam/rho)^2)
+                pen = sum((rho / 2) * (torch.clamp(lam[k] / rho + g, min=0) ** 2 - (lam[k] / rho) ** 2) for k, g in gaps.items())
+                loss = nll + pen
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                for k, g in gaps.items():
+                    lam[k] = max(0.0, lam[k] + rho * float(g.detach()))
+                rec = {"step": step, "tau": round(tau, 4), "nll": float(nll.detach()), "length": n,
+                       "density": {k: round(float(g.detach()) + plan.density, 4) for k, g in gaps.items()}}
+                history.append(rec)
+                if progress:
+                    progress(step + 1, steps, rec)
+    finally:
+        for m in mods:
+            if hasattr(m, "_ctxflow_mix"):
+                del m._ctxflow_mix
+        model.set_attn_implementation(old)
+        for q, r in zip(model.parameters(), req):
+            q.requires_grad_(r)
+    with torch.no_grad():
+        p = gates.probs(tau_end).cpu()
+    new = round_gates(plan, cands, p, lengths)
+    out = new or plan
+    changed = sum(a != b for x, y in zip(plan.rules, out.rules) for a, b in zip(x, y))
+    k = max(1, len(history) // 10)
+    out.meta = {**plan.meta, "tune": {
+        "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed,
+        "samples": len(seqs), "budget_lengths": lengths, "changed_heads": changed,
+        "nll_first": sum(r["nll"] for r in history[:k]) / k, "nll_last": sum(r["nll"] for r in history[-k:]) / k,
+        "relaxed_density": history[-1]["density"], "lambda": lam,
+        "confidence": float(p.max(-1).values.mean()),
+    }}
+    return out
+
+
+def round_gates(plan: Plan, cands: list[list[Rule]], p: torch.Tensor, lengths: Sequence[int]) -> Plan | None:
+    """The plan closest to the gates ``p`` (L, H, R): the MILP of :func:`.refine.solve_moves` with
+    cost ``-log p`` (relative to each head's current rule), the plan's budget at every length of
+    ``lengths``, at most two rules per layer. None when the plan itself is the best rounding."""
+    logp = torch.log(p.clamp(min=1e-9)).double()
+    moves = {}
+    for l in range(plan.n_layers):
+        for h in range(plan.n_heads):
+            cur = cands[l].index(plan.rules[l][h])
+            moves[(l, h)] = [(r, float(logp[l, h, cur] - logp[l, h, j])) for j, r in enumerate(cands[l]) if j != cur]
+    new = solve_moves(plan, moves, plan.density, lengths, max_changes=plan.n_layers * plan.n_heads)
+    if new is not None and any(math.isnan(x) for x in (new.mean_density(n) for n in lengths)):
+        return None
+    return new
