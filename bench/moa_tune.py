@@ -25,6 +25,11 @@ def main() -> None:
     ap.add_argument("--lengths", default="1024,2048,4096")
     ap.add_argument("--samples", type=int, default=48)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--passkeys", type=int, default=0)
+    ap.add_argument("--passkey-length", type=int, default=1024)
+    ap.add_argument("--objective", default="mixed")
+    ap.add_argument("--hard", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the tuned plan files")
     ap.add_argument("--batch-tokens", type=int, default=16384)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--tau-end", type=float, default=0.3)
@@ -45,11 +50,19 @@ def main() -> None:
     lengths = [int(x) for x in a.lengths.split(",")]
     seqs = []
     for n in lengths:
-        cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, a.samples, a.seed + n, objective="mixed", text_tokens=n))
+        cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, a.samples, a.seed + n, objective=a.objective, text_tokens=n))
         seqs += [sample_ids(llm, s) for s in cal]
+    if a.passkeys:
+        from ctxflow.attention.protect import passkey_calibration
+
+        seqs += [sample_ids(llm, s) for s in passkey_calibration(llm, a.passkeys, a.passkey_length, seed=a.seed)]
     print(f"calibration: {len(seqs)} samples in {time.time() - t0:.0f}s", flush=True)
     res = {"args": vars(a), "device": str(llm.model.device), "runs": {}}
     val = None
+    from ctxflow.attention.evaluate import plan_loss_fn
+
+    text = plan_loss_fn(llm, [sample_ids(llm, s) for s in calibration_samples(llm.count_tokens, 2048, 8, 99, objective="text", text_tokens=2048)])
+    res["text2048_dense"] = text(None)
     for d in [float(x) for x in a.densities.split(",")]:
         name = f"smollm2-135m-{int(d * 100)}"
         plan = Plan.load(name)
@@ -60,17 +73,20 @@ def main() -> None:
             if i % 25 == 0 or i == k:
                 print(f"  {name} step {i}/{k} nll {rec['nll']:.4f} tau {rec['tau']} density {rec['density']} ({time.time() - t1:.0f}s)", flush=True)
 
-        new = tune(llm, plan, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed,
+        new = tune(llm, plan, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed, hard=a.hard,
                    progress=progress)
         secs = time.time() - t1
         if val is None:
             val = validation_loss_fn(llm, plan.validation_length or 1536, a.val_samples, objective="mixed")
         before, after = val(plan), val(new)
+        tb, ta = text(plan), text(new)
+        print(f"  text 2048 (unseen calibration windows): dense {res['text2048_dense']:.4f} before {tb:.4f} after {ta:.4f}", flush=True)
         new.validation_length, new.validation_loss = plan.validation_length or 1536, after
         new.meta["tune"].update({"validation_before": before, "validation_after": after, "seconds": round(secs, 1)})
-        path = out / f"tuned-{int(d * 100)}.json"
+        path = out / f"tuned-{int(d * 100)}{a.tag}.json"
         new.save(path)
         res["runs"][name] = {"tune": new.meta["tune"], "validation_before": before, "validation_after": after, "plan": path.name,
+                             "text2048_before": tb, "text2048_after": ta,
                              "mean_density": {n: new.mean_density(n) for n in budget}}
         print(json.dumps({name: {"validation": [before, after], "changed": new.meta["tune"]["changed_heads"], "seconds": round(secs)}}), flush=True)
         (out / "moa_tune.json").write_text(json.dumps(res, indent=1))
@@ -81,7 +97,7 @@ def main() -> None:
         backends = {"dense": None}
         for d in [float(x) for x in a.densities.split(",")]:
             backends[f"moa_{int(d * 100)}"] = {"type": "moa", "plan": f"smollm2-135m-{int(d * 100)}"}
-            backends[f"tuned_{int(d * 100)}"] = {"type": "moa", "plan": str(out / f"tuned-{int(d * 100)}.json")}
+            backends[f"tuned_{int(d * 100)}"] = {"type": "moa", "plan": str(out / f"tuned-{int(d * 100)}{a.tag}.json")}
         table = quality_table(backends, length, windows, keys, retrieval_length=rlen,
                               progress=lambda i, k, n, r: print(f"  {n}: ppl {r['perplexity']:.3f} keys {r['retrieval_accuracy']:.2f}", flush=True))
         res["quality"] = table

@@ -222,6 +222,8 @@ def cmd_tune(args) -> int:
         raise UserError(f"{args.plan}: tune takes a searched MoA plan (kind moa, with a density budget); "
                         f"this one is kind {plan.kind!r} with density {plan.density}")
     lengths = _ints(args.lengths, "--lengths", low=128)
+    if args.passkeys < 0 or args.passkey_length < 128:
+        raise UserError(f"--passkeys must be >= 0 and --passkey-length >= 128, got {args.passkeys} and {args.passkey_length}")
     if args.samples < 1 or args.steps < 1 or args.val_samples < 1 or args.batch_tokens < max(lengths):
         raise UserError(f"--samples, --steps and --val-samples must be >= 1 and --batch-tokens >= the longest length "
                         f"({max(lengths)}); got {args.samples}, {args.steps}, {args.val_samples}, {args.batch_tokens}")
@@ -236,6 +238,10 @@ def cmd_tune(args) -> int:
         cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, args.samples, args.seed + n,
                                                    objective=args.objective, text_tokens=n))
         seqs += [sample_ids(llm, s) for s in cal]
+    if args.passkeys:
+        from .protect import passkey_calibration
+
+        seqs += [sample_ids(llm, s) for s in passkey_calibration(llm, args.passkeys, args.passkey_length, seed=args.seed)]
     bar = _bar(args.steps, "tuning gates")
 
     def progress(i, k, rec):
@@ -243,7 +249,7 @@ def cmd_tune(args) -> int:
         bar.set_postfix(nll=f"{rec['nll']:.3f}", tau=rec["tau"])
 
     new = tune(llm, plan, seqs, budget, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, tau_end=args.tau_end,
-               seed=args.seed, progress=progress)
+               seed=args.seed, hard=args.hard, progress=progress)
     bar.close()
     val_len = args.validate or plan.validation_length or 1536
     val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
@@ -368,10 +374,15 @@ def register(sub) -> None:
     u.add_argument("--lengths", default="1024,2048,4096", help="calibration lengths (tokens); the budget also holds there")
     u.add_argument("--samples", type=int, default=48, help="calibration samples per length")
     u.add_argument("--objective", choices=("mixed", "answers", "text"), default="mixed")
+    u.add_argument("--passkeys", type=int, default=0, help="also train on this many pass-key prompts with their known "
+                   "answers (calibration part of the document; keeps the heads that fetch far facts)")
+    u.add_argument("--passkey-length", type=int, default=1024)
     u.add_argument("--steps", type=int, default=300, help="gradient steps (one batch of similar-length samples each)")
     u.add_argument("--batch-tokens", type=int, default=16384, help="tokens per step (rows x length)")
     u.add_argument("--lr", type=float, default=0.05)
     u.add_argument("--tau-end", type=float, default=0.3, help="final softmax temperature of the gates (starts at 1)")
+    u.add_argument("--hard", action="store_true", help="one rule per head in every forward (Gumbel draw, gradient "
+                   "passed straight through) instead of the soft mixture")
     u.add_argument("--seed", type=int, default=11, help="calibration seed (the validation samples use another)")
     u.add_argument("--budget-lengths", default="", help="further lengths where the density budget must hold")
     u.add_argument("--validate", type=int, default=None, help="validation length (default: the plan's)")

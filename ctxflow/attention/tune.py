@@ -19,7 +19,9 @@ together on the real loss:
 3. ``theta`` is trained (Adam) on the calibration loss (the same samples the profile uses: text
    windows, the dense model's answers to long-range questions) plus an augmented-Lagrangian term
    holding the *expected* mean density at or below the budget at every budget length; ``tau``
-   falls over the run so that ``p`` ends close to one rule per head.
+   falls over the run so that ``p`` ends close to one rule per head. With ``hard=True`` every
+   forward runs one rule per head drawn from the gates (Gumbel noise), the gradient passed straight
+   through to the soft probabilities.
 4. The final ``p`` is rounded by the refinement MILP (:func:`.refine.solve_moves`: one rule per
    head, at most two distinct rules per layer, the budget at every budget length, cost
    ``-log p``). ``ctxflow moa tune`` keeps the result only when it also lowers the loss on separate
@@ -167,10 +169,12 @@ def batch_loss(model, seqs: list[tuple[list[int], int]], pad_id: int = 0, T: int
 
 def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Sequence[int], steps: int = 300,
          batch_tokens: int = 16384, lr: float = 0.05, init: float = 3.0, tau_end: float = 0.3, rho: float = 20.0,
-         seed: int = 0, progress: Callable[[int, int, dict], None] | None = None) -> Plan:
+         seed: int = 0, hard: bool = False, progress: Callable[[int, int, dict], None] | None = None) -> Plan:
     """Train the gates on ``seqs`` ((ids, loss start) pairs) and round them to a plan (module
     docstring). The density budget (``plan.density``) holds at every length of ``budget_lengths``
-    and the plan's profiled lengths. Returns the rounded plan (``plan``'s rules when nothing is
+    and the plan's profiled lengths. ``hard``: every forward runs one rule per head, drawn from the
+    gates with Gumbel noise, the gradient passed straight through to the soft probabilities (a
+    mixture of windows can do things no single window does, which rounding then loses). Returns the rounded plan (``plan``'s rules when nothing is
     predicted to help), with the run recorded in ``meta["tune"]``."""
     if plan.density is None:
         raise ValueError("tune needs a plan searched under a density budget (plan.density is None)")
@@ -190,6 +194,7 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     plan.check_model(model.config.num_hidden_layers, model.config.num_attention_heads)
     batches = _batches(seqs, batch_tokens)
     rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
     lam = {n: 0.0 for n in lengths}
     pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
@@ -211,10 +216,15 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
             for step in range(steps):
                 tau = 1.0 + (tau_end - 1.0) * step / max(steps - 1, 1)
                 p = gates.probs(tau)
+                w = p
+                if hard:  # straight-through Gumbel: one rule per head forward, soft gradient backward
+                    u = torch.rand(p.shape, generator=gen).to(p.device).clamp(1e-9, 1 - 1e-9)
+                    y = torch.softmax(((gates.theta - torch.log(-torch.log(u))) / tau).masked_fill(~gates.valid[:, None, :], float("-inf")), -1)
+                    w = F.one_hot(y.argmax(-1), gates.R).to(y.dtype) - y.detach() + y
                 part = [seqs[i] for i in rng.choice(batches)]
                 n = padded_length(part)  # windows follow the padded length (within 256 tokens of the real one)
                 for m in mods:
-                    m._ctxflow_mix = (gates.spans(m.layer_idx, n), p[m.layer_idx], plan.sinks)
+                    m._ctxflow_mix = (gates.spans(m.layer_idx, n), w[m.layer_idx], plan.sinks)
                 nll = batch_loss(model, part, pad, n)
                 gaps = {k: expected_density(p, d) - plan.density for k, d in dens.items()}
                 # augmented Lagrangian for g <= 0: (rho/2) (max(0, lam/rho + g)^2 - (lam/rho)^2)
@@ -244,7 +254,7 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     changed = sum(a != b for x, y in zip(plan.rules, out.rules) for a, b in zip(x, y))
     k = max(1, len(history) // 10)
     out.meta = {**plan.meta, "tune": {
-        "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed,
+        "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed, "hard": hard,
         "samples": len(seqs), "budget_lengths": lengths, "changed_heads": changed,
         "nll_first": sum(r["nll"] for r in history[:k]) / k, "nll_last": sum(r["nll"] for r in history[-k:]) / k,
         "relaxed_density": history[-1]["density"], "lambda": lam,

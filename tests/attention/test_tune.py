@@ -99,10 +99,13 @@ def test_tune_on_the_real_model_keeps_the_budget(llm):
     cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, 2, 5, objective="mixed", text_tokens=n), max_new_tokens=8)
     seqs = [sample_ids(llm, s) for s in cal]
     impl, req = cfg._attn_implementation, [q.requires_grad for q in llm.model.parameters()]
-    out = tune(llm, plan, seqs, [n], steps=3, batch_tokens=2 * n, lr=0.5, tau_end=0.5)
+    out = tune(llm, plan, seqs, [n], steps=3, batch_tokens=2 * n, lr=0.5, tau_end=0.5, hard=True)  # the CLI test runs the soft mixture
     t = out.meta["tune"]
-    assert t["steps"] == 3 and t["samples"] == 2 and all(map(lambda x: x == x, (t["nll_first"], t["nll_last"])))
+    assert t["steps"] == 3 and t["hard"] and t["samples"] == 2 and all(map(lambda x: x == x, (t["nll_first"], t["nll_last"])))
     assert out.mean_density(n) <= 0.5 + 1e-9 and all(len(set(layer)) <= 2 for layer in out.rules)
+    with torch.no_grad():
+        untrained = float(Gates(plan, layer_candidates(plan, [n]), 3.0).probs(0.5).max(-1).values.mean())
+    assert abs(t["confidence"] - untrained) > 1e-4  # the straight-through gradient reached the gates
     assert cfg._attn_implementation == impl and [q.requires_grad for q in llm.model.parameters()] == req
     assert not any(hasattr(m, "_ctxflow_mix") for m in llm.model.modules())
 
