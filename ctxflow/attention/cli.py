@@ -101,20 +101,27 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _searched_plan(path: str, verb: str):
+    """The plan at ``path`` (file or bundled name); a clear error unless it is a searched MoA plan."""
+    from .rules import Plan
+
+    try:
+        plan = Plan.load(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    if plan.density is None or plan.kind != "moa":
+        raise UserError(f"{path}: {verb} takes a searched MoA plan (kind moa, with a density budget); "
+                        f"this one is kind {plan.kind!r} with density {plan.density}")
+    return plan
+
+
 def cmd_refine(args) -> int:
     from ..llm.local import LocalLM
     from .data import answer_with, calibration_samples, sample_ids
     from .evaluate import plan_loss_fn
     from .refine import refine
-    from .rules import Plan
 
-    try:
-        plan = Plan.load(args.plan)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    if plan.density is None or plan.kind != "moa":
-        raise UserError(f"{args.plan}: refine takes a searched MoA plan (kind moa, with a density budget); "
-                        f"this one is kind {plan.kind!r} with density {plan.density}")
+    plan = _searched_plan(args.plan, "refine")
     if args.samples < 1 or args.rounds < 1 or args.val_samples < 1:
         raise UserError("--samples, --val-samples and --rounds must be >= 1")
     layers = _ints(args.layers, "--layers", low=0) if args.layers else None
@@ -161,16 +168,12 @@ def cmd_protect(args) -> int:
     from .evaluate import plan_loss_fn
     from .profile import load_profile
     from .protect import passkey_accuracy, passkey_calibration, protect
-    from .rules import Plan
 
+    plan = _searched_plan(args.plan, "protect")
     try:
-        plan = Plan.load(args.plan)
         prof = load_profile(args.profile)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    if plan.density is None or plan.kind != "moa":
-        raise UserError(f"{args.plan}: protect takes a searched MoA plan (kind moa, with a density budget); "
-                        f"this one is kind {plan.kind!r} with density {plan.density}")
     if sorted(prof.get("maps", {})) != sorted(plan.profiled_lengths):
         raise UserError(f"{args.profile} profiles lengths {sorted(prof.get('maps', {}))} but the plan was searched at "
                         f"{sorted(plan.profiled_lengths)}: give the profile the plan came from")
@@ -211,16 +214,9 @@ def cmd_protect(args) -> int:
 def cmd_tune(args) -> int:
     from ..llm.local import LocalLM
     from .data import answer_with, calibration_samples, sample_ids
-    from .rules import Plan
     from .tune import tune
 
-    try:
-        plan = Plan.load(args.plan)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    if plan.density is None or plan.kind != "moa":
-        raise UserError(f"{args.plan}: tune takes a searched MoA plan (kind moa, with a density budget); "
-                        f"this one is kind {plan.kind!r} with density {plan.density}")
+    plan = _searched_plan(args.plan, "tune")
     lengths = _ints(args.lengths, "--lengths", low=128)
     if args.passkeys < 0 or args.passkey_length < 128:
         raise UserError(f"--passkeys must be >= 0 and --passkey-length >= 128, got {args.passkeys} and {args.passkey_length}")

@@ -130,20 +130,6 @@ def mixture_attention(module, query, key, value, attention_mask=None, dropout: f
     return out.transpose(1, 2).contiguous(), None
 
 
-def _batches(seqs: list[tuple[list[int], int]], batch_tokens: int) -> list[list[int]]:
-    """Indices of ``seqs`` grouped into batches of similar length, about ``batch_tokens`` tokens each."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-    out, cur = [], []
-    for i in order:
-        if cur and (len(cur) + 1) * len(seqs[i][0]) > batch_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
-
-
 def padded_length(seqs: list[tuple[list[int], int]], multiple: int = 256) -> int:
     """The batch's longest row rounded up to ``multiple`` (few distinct shapes: compiled kernels and
     block masks are reused)."""
@@ -192,7 +178,9 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     if len(mods) != plan.n_layers:
         raise ValueError(f"the plan has {plan.n_layers} layers, the model {len(mods)}")
     plan.check_model(model.config.num_hidden_layers, model.config.num_attention_heads)
-    batches = _batches(seqs, batch_tokens)
+    from ..llm.local import micro_batches
+
+    batches = micro_batches([len(ids) for ids, _ in seqs], batch_tokens)  # rows of similar length
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(gates.parameters(), lr=lr)

@@ -50,6 +50,22 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices sorted by length (longest first), split so that rows x longest <= ``batch_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) + 1) * max(longest, 1) > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 def _sub_seed(seed: int, k: int) -> int:
     """Seed of the k-th copy of the same prompt within one call (k=0: ``seed`` itself)."""
     return seed if k == 0 else (seed * 1_000_003 + k * 7_919 + 12_345) % (2**63 - 1)
@@ -302,19 +318,7 @@ class LocalLM(GreyBox, LLM):
         return texts, ids
 
     def _micro_batches(self, lengths: list[int]) -> list[list[int]]:
-        """Indices sorted by length (longest first), split so that rows x longest <= batch_tokens."""
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            longest = lengths[cur[0]] if cur else lengths[i]
-            if cur and (len(cur) + 1) * max(longest, 1) > self.batch_tokens:
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            batches.append(cur)
-        return batches
+        return micro_batches(lengths, self.batch_tokens)
 
     def _cache(self):
         return default_cache() if self.cache else None

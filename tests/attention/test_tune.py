@@ -2,7 +2,6 @@
 rounding MILP, the training loop and the CLI on the real model."""
 import json
 
-import pytest
 import torch
 
 from ctxflow.attention.kernels import LayerRules, sparse_sdpa
