@@ -58,7 +58,7 @@ def main() -> None:
         seqs += [sample_ids(llm, s) for s in passkey_calibration(llm, a.passkeys, a.passkey_length, seed=a.seed)]
     print(f"calibration: {len(seqs)} samples in {time.time() - t0:.0f}s", flush=True)
     res = {"args": vars(a), "device": str(llm.model.device), "runs": {}}
-    val = None
+    vals: dict = {}
     from ctxflow.attention.evaluate import plan_loss_fn
 
     text = plan_loss_fn(llm, [sample_ids(llm, s) for s in calibration_samples(llm.count_tokens, 2048, 8, 99, objective="text", text_tokens=2048)])
@@ -76,13 +76,16 @@ def main() -> None:
         new = tune(llm, plan, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed, hard=a.hard,
                    progress=progress)
         secs = time.time() - t1
-        if val is None:
-            val = validation_loss_fn(llm, plan.validation_length or 1536, a.val_samples, objective="mixed")
+        vlen = plan.validation_length or 1536
+        if vlen not in vals:
+            vals[vlen] = validation_loss_fn(llm, vlen, a.val_samples, objective="mixed")
+        val = vals[vlen]
         before, after = val(plan), val(new)
         tb, ta = text(plan), text(new)
         print(f"  text 2048 (unseen calibration windows): dense {res['text2048_dense']:.4f} before {tb:.4f} after {ta:.4f}", flush=True)
-        new.validation_length, new.validation_loss = plan.validation_length or 1536, after
-        new.meta["tune"].update({"validation_before": before, "validation_after": after, "seconds": round(secs, 1)})
+        new.validation_length, new.validation_loss = vlen, after
+        # `ctxflow moa tune` keeps a result only when validation improves; here every result is written, marked
+        new.meta["tune"].update({"validation_before": before, "validation_after": after, "kept": after < before, "seconds": round(secs, 1)})
         path = out / f"tuned-{int(d * 100)}{a.tag}.json"
         new.save(path)
         res["runs"][name] = {"tune": new.meta["tune"], "validation_before": before, "validation_after": after, "plan": path.name,

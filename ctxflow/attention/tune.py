@@ -14,14 +14,14 @@ together on the real loss:
 2. Every head's attention output becomes a mixture ``sum_r p[l, h, r] * attn_r`` over its layer's
    candidates, ``p = softmax(theta / tau)``, ``theta`` initialised to favour the plan's rule. All
    candidates are computed in one attention call per layer (the query heads repeated once per
-   candidate, each copy with its own window: :func:`mixture_attention`; FlexAttention on a GPU,
-   masked SDPA on the CPU). The model's weights stay frozen.
+   candidate, each copy with its own window: :func:`mixture_attention`; FlexAttention in bfloat16
+   on a GPU, masked SDPA in the model's dtype on the CPU). The model's weights stay frozen.
 3. ``theta`` is trained (Adam) on the calibration loss (the same samples the profile uses: text
    windows, the dense model's answers to long-range questions) plus an augmented-Lagrangian term
    holding the *expected* mean density at or below the budget at every budget length; ``tau``
    falls over the run so that ``p`` ends close to one rule per head. With ``hard=True`` every
-   forward runs one rule per head drawn from the gates (Gumbel noise), the gradient passed straight
-   through to the soft probabilities.
+   forward runs one rule per head drawn from ``p`` (Gumbel-max), the gradient passed straight
+   through the Gumbel-softmax of the same logits.
 4. The final ``p`` is rounded by the refinement MILP (:func:`.refine.solve_moves`: one rule per
    head, at most two distinct rules per layer, the budget at every budget length, cost
    ``-log p``). ``ctxflow moa tune`` keeps the result only when it also lowers the loss on separate
@@ -29,7 +29,7 @@ together on the real loss:
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import random
 from typing import Callable, Sequence
 
@@ -137,7 +137,7 @@ def padded_length(seqs: list[tuple[list[int], int]], multiple: int = 256) -> int
 
 
 def batch_loss(model, seqs: list[tuple[list[int], int]], pad_id: int = 0, T: int | None = None) -> torch.Tensor:
-    """Mean over rows of each row's mean NLL of tokens ``start..T-1`` (rows right-padded to ``T``)."""
+    """Mean over rows of each row's mean NLL of its tokens ``start..len(ids)-1`` (rows right-padded to ``T``)."""
     T = T or max(len(ids) for ids, _ in seqs)
     dev = model.device
     x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
@@ -158,14 +158,15 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
          seed: int = 0, hard: bool = False, progress: Callable[[int, int, dict], None] | None = None) -> Plan:
     """Train the gates on ``seqs`` ((ids, loss start) pairs) and round them to a plan (module
     docstring). The density budget (``plan.density``) holds at every length of ``budget_lengths``
-    and the plan's profiled lengths. ``hard``: every forward runs one rule per head, drawn from the
-    gates with Gumbel noise, the gradient passed straight through to the soft probabilities (a
-    mixture of windows can do things no single window does, which rounding then loses). Returns the rounded plan (``plan``'s rules when nothing is
-    predicted to help), with the run recorded in ``meta["tune"]``."""
+    and the plan's profiled lengths. ``hard``: every forward runs one rule per head drawn from ``p`` (Gumbel-max on ``theta / tau``),
+    the gradient passed straight through the Gumbel-softmax of the same logits (a mixture of windows
+    can do things no single window does, which rounding then loses). Returns the rounded plan (a copy
+    with ``plan``'s rules when nothing is predicted to help), with the run in ``meta["tune"]``."""
     if plan.density is None:
         raise ValueError("tune needs a plan searched under a density budget (plan.density is None)")
-    if steps < 1 or batch_tokens < 1 or not seqs:
-        raise ValueError("tune needs steps >= 1, batch_tokens >= 1 and at least one calibration sequence")
+    if steps < 1 or batch_tokens < 1 or not seqs or not 0 < tau_end <= 1:
+        raise ValueError(f"tune needs steps >= 1, batch_tokens >= 1, 0 < tau_end <= 1 and at least one calibration sequence "
+                         f"(got {steps}, {batch_tokens}, {tau_end}, {len(seqs)} sequences)")
     for ids, start in seqs:
         if not 0 < start < len(ids):
             raise ValueError(f"loss start {start} must be inside the sequence (1..{len(ids) - 1})")
@@ -174,13 +175,17 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     cands = layer_candidates(plan, lengths)
     gates = Gates(plan, cands, init).to(model.device)
     dens = {n: gates.densities(n) for n in lengths}
+    caps = {n: max(plan.density, plan.mean_density(n)) for n in lengths}  # as the rounding MILP (refine.solve_moves)
     mods = attention_modules(model)
     if len(mods) != plan.n_layers:
         raise ValueError(f"the plan has {plan.n_layers} layers, the model {len(mods)}")
     plan.check_model(model.config.num_hidden_layers, model.config.num_attention_heads)
     from ..llm.local import micro_batches
 
-    batches = micro_batches([len(ids) for ids, _ in seqs], batch_tokens)  # rows of similar length
+    groups: dict[int, list[int]] = {}  # rows of one padded length together: their windows are those of their own length
+    for i, sq in enumerate(seqs):
+        groups.setdefault(padded_length([sq]), []).append(i)
+    batches = [[idx[j] for j in b] for idx in groups.values() for b in micro_batches([len(seqs[i][0]) for i in idx], batch_tokens)]
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(gates.parameters(), lr=lr)
@@ -188,33 +193,36 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
     old = model.config._attn_implementation
     req = [q.requires_grad for q in model.parameters()]
-    for q in model.parameters():
-        q.requires_grad_(False)
-    register_attention(NAME, mixture_attention)
-    if model.device.type == "cuda":  # one compiled flex kernel per (length, direction)
-        import torch._dynamo as dynamo
-
-        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 256)
-        if hasattr(dynamo.config, "recompile_limit"):
-            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 256)
-    model.set_attn_implementation(NAME)
+    limits = {}
     history = []
     try:
+        for q in model.parameters():
+            q.requires_grad_(False)
+        register_attention(NAME, mixture_attention)
+        if model.device.type == "cuda":  # one compiled flex kernel per (length, direction)
+            import torch._dynamo as dynamo
+
+            for name in ("cache_size_limit", "recompile_limit"):
+                if hasattr(dynamo.config, name):
+                    limits[name] = getattr(dynamo.config, name)
+                    setattr(dynamo.config, name, max(limits[name], 256))
+        model.set_attn_implementation(NAME)
         with torch.enable_grad():
             for step in range(steps):
                 tau = 1.0 + (tau_end - 1.0) * step / max(steps - 1, 1)
                 p = gates.probs(tau)
                 w = p
-                if hard:  # straight-through Gumbel: one rule per head forward, soft gradient backward
-                    u = torch.rand(p.shape, generator=gen).to(p.device).clamp(1e-9, 1 - 1e-9)
-                    y = torch.softmax(((gates.theta - torch.log(-torch.log(u))) / tau).masked_fill(~gates.valid[:, None, :], float("-inf")), -1)
+                if hard:  # straight-through Gumbel: one rule per head drawn from p forward, Gumbel-softmax gradient backward
+                    u = torch.rand(p.shape, generator=gen, dtype=torch.float64).clamp(1e-12, 1 - 1e-12).to(p.device, p.dtype)
+                    logits = (gates.theta / tau - torch.log(-torch.log(u))).masked_fill(~gates.valid[:, None, :], float("-inf"))
+                    y = torch.softmax(logits, -1)
                     w = F.one_hot(y.argmax(-1), gates.R).to(y.dtype) - y.detach() + y
                 part = [seqs[i] for i in rng.choice(batches)]
-                n = padded_length(part)  # windows follow the padded length (within 256 tokens of the real one)
+                n = padded_length(part)  # windows follow the padded length (each batch holds one padded length)
                 for m in mods:
                     m._ctxflow_mix = (gates.spans(m.layer_idx, n), w[m.layer_idx], plan.sinks)
                 nll = batch_loss(model, part, pad, n)
-                gaps = {k: expected_density(p, d) - plan.density for k, d in dens.items()}
+                gaps = {k: expected_density(p, d) - caps[k] for k, d in dens.items()}
                 # augmented Lagrangian for g <= 0: (rho/2) (max(0, lam/rho + g)^2 - (lam/rho)^2)
                 pen = sum((rho / 2) * (torch.clamp(lam[k] / rho + g, min=0) ** 2 - (lam[k] / rho) ** 2) for k, g in gaps.items())
                 loss = nll + pen
@@ -224,7 +232,7 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
                 for k, g in gaps.items():
                     lam[k] = max(0.0, lam[k] + rho * float(g.detach()))
                 rec = {"step": step, "tau": round(tau, 4), "nll": float(nll.detach()), "length": n,
-                       "density": {k: round(float(g.detach()) + plan.density, 4) for k, g in gaps.items()}}
+                       "density": {k: round(float(g.detach()) + caps[k], 4) for k, g in gaps.items()}}
                 history.append(rec)
                 if progress:
                     progress(step + 1, steps, rec)
@@ -235,17 +243,22 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
         model.set_attn_implementation(old)
         for q, r in zip(model.parameters(), req):
             q.requires_grad_(r)
+        if limits:
+            import torch._dynamo as dynamo
+
+            for name, v in limits.items():
+                setattr(dynamo.config, name, v)
     with torch.no_grad():
         p = gates.probs(tau_end).cpu()
     new = round_gates(plan, cands, p, lengths)
-    out = new or plan
+    out = new or dataclasses.replace(plan, rules=[list(x) for x in plan.rules])
     changed = sum(a != b for x, y in zip(plan.rules, out.rules) for a, b in zip(x, y))
     k = max(1, len(history) // 10)
     out.meta = {**plan.meta, "tune": {
         "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed, "hard": hard,
         "samples": len(seqs), "budget_lengths": lengths, "changed_heads": changed,
         "nll_first": sum(r["nll"] for r in history[:k]) / k, "nll_last": sum(r["nll"] for r in history[-k:]) / k,
-        "relaxed_density": history[-1]["density"], "lambda": lam,
+        "relaxed_density": history[-1]["density"], "lambda": {str(n): v for n, v in lam.items()},
         "confidence": float(p.max(-1).values.mean()),
     }}
     return out
@@ -261,7 +274,4 @@ def round_gates(plan: Plan, cands: list[list[Rule]], p: torch.Tensor, lengths: S
         for h in range(plan.n_heads):
             cur = cands[l].index(plan.rules[l][h])
             moves[(l, h)] = [(r, float(logp[l, h, cur] - logp[l, h, j])) for j, r in enumerate(cands[l]) if j != cur]
-    new = solve_moves(plan, moves, plan.density, lengths, max_changes=plan.n_layers * plan.n_heads)
-    if new is not None and any(math.isnan(x) for x in (new.mean_density(n) for n in lengths)):
-        return None
-    return new
+    return solve_moves(plan, moves, plan.density, lengths, max_changes=plan.n_layers * plan.n_heads)
