@@ -40,22 +40,15 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     from ctxflow.attention.cli import validation_loss_fn
-    from ctxflow.attention.data import answer_with, calibration_samples, sample_ids
+    from ctxflow.attention.data import calibration_samples, sample_ids
     from ctxflow.attention.rules import Plan
-    from ctxflow.attention.tune import tune
+    from ctxflow.attention.tune import calibration_seqs, tune
     from ctxflow.llm.local import LocalLM
 
     t0 = time.time()
     llm = LocalLM(cache=False)
     lengths = [int(x) for x in a.lengths.split(",")]
-    seqs = []
-    for n in lengths:
-        cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, a.samples, a.seed + n, objective=a.objective, text_tokens=n))
-        seqs += [sample_ids(llm, s) for s in cal]
-    if a.passkeys:
-        from ctxflow.attention.protect import passkey_calibration
-
-        seqs += [sample_ids(llm, s) for s in passkey_calibration(llm, a.passkeys, a.passkey_length, seed=a.seed)]
+    seqs = calibration_seqs(llm, lengths, a.samples, a.seed, a.objective, a.passkeys, a.passkey_length)
     print(f"calibration: {len(seqs)} samples in {time.time() - t0:.0f}s", flush=True)
     res = {"args": vars(a), "device": str(llm.model.device), "runs": {}}
     vals: dict = {}

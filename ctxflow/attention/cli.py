@@ -115,8 +115,39 @@ def _searched_plan(path: str, verb: str):
     return plan
 
 
-def cmd_refine(args) -> int:
+def _budget_lengths(plan, args, *lengths: int) -> list[int]:
+    """Where a re-solved plan must keep the density budget: the plan's own budget and profiled lengths,
+    ``lengths`` and ``--budget-lengths``."""
+    extra = _ints(args.budget_lengths, "--budget-lengths") if args.budget_lengths else []
+    return sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths) | set(lengths) | set(extra))
+
+
+def _model_for(plan, args):
+    """``--model`` loaded (no call cache), checked against ``plan``'s shape."""
     from ..llm.local import LocalLM
+
+    llm = LocalLM(args.model, cache=False, threads=args.threads)
+    plan.check_model(llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads, llm.model_id)
+    return llm
+
+
+def _keep_if_validated(llm, plan, new, key: str, val_len: int, args):
+    """``new`` when its loss on ``--val-samples`` unseen samples of ``val_len`` tokens is lower than
+    ``plan``'s, else ``plan``; either way with the comparison in ``meta[key]``, written to ``--out``.
+    Returns (plan written, loss before, loss after or None when nothing changed, kept)."""
+    val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
+    before, after = val(plan), val(new) if new.rules != plan.rules else None
+    keep = after is not None and after < before
+    out = new if keep else plan
+    out.meta = {**out.meta, key: {**new.meta.get(key, {}), "validation_length": val_len, "validation_samples": args.val_samples,
+                                  "validation_before": before, "validation_after": after, "kept": keep}}
+    if keep:
+        out.validation_length, out.validation_loss = val_len, after
+    out.save(args.out)
+    return out, before, after, keep
+
+
+def cmd_refine(args) -> int:
     from .data import answer_with, calibration_samples, sample_ids
     from .evaluate import plan_loss_fn
     from .refine import refine
@@ -127,10 +158,8 @@ def cmd_refine(args) -> int:
     layers = _ints(args.layers, "--layers", low=0) if args.layers else None
     if layers and max(layers) >= plan.n_layers:
         raise UserError(f"--layers {layers}: the plan has layers 0..{plan.n_layers - 1}")
-    budget = sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths) | {args.length}
-                    | set(_ints(args.budget_lengths, "--budget-lengths") if args.budget_lengths else []))
-    llm = LocalLM(args.model, cache=False, threads=args.threads)
-    plan.check_model(llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads, llm.model_id)
+    budget = _budget_lengths(plan, args, args.length)
+    llm = _model_for(plan, args)
     cal = answer_with(llm, calibration_samples(llm.count_tokens, args.length - 72, args.samples, args.seed,
                                                objective=args.objective, text_tokens=args.length))
     loss_fn = plan_loss_fn(llm, [sample_ids(llm, s) for s in cal])
@@ -147,15 +176,7 @@ def cmd_refine(args) -> int:
                  layers=layers, progress=progress, log=log)
     bar.close()
     val_len = args.validate or plan.validation_length or args.length
-    val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
-    before, after = val(plan), val(new) if new.rules != plan.rules else None
-    keep = after is not None and after < before
-    out = new if keep else plan
-    out.meta.setdefault("refine", new.meta.get("refine", {}))
-    out.meta["refine"].update({"validation_length": val_len, "validation_before": before, "validation_after": after, "kept": keep})
-    if keep:
-        out.validation_length, out.validation_loss = val_len, after
-    out.save(args.out)
+    out, before, after, keep = _keep_if_validated(llm, plan, new, "refine", val_len, args)
     print(json.dumps({"plan": str(args.out), "kept_refined": keep, "calibration_loss": [new.meta["refine"]["start_loss"],
                       new.meta["refine"]["loss"]], "validation_loss": [before, after], "validation_length": val_len,
                       "mean_density": {n: out.mean_density(n) for n in budget}}))
@@ -163,7 +184,6 @@ def cmd_refine(args) -> int:
 
 
 def cmd_protect(args) -> int:
-    from ..llm.local import LocalLM
     from .data import sample_ids
     from .evaluate import plan_loss_fn
     from .profile import load_profile
@@ -185,8 +205,7 @@ def cmd_protect(args) -> int:
     layers = _ints(args.layers, "--layers", low=0) if args.layers else None
     if layers and max(layers) >= plan.n_layers:
         raise UserError(f"--layers {layers}: the plan has layers 0..{plan.n_layers - 1}")
-    llm = LocalLM(args.model, cache=False, threads=args.threads)
-    plan.check_model(llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads, llm.model_id)
+    llm = _model_for(plan, args)
     cal = passkey_calibration(llm, args.samples, args.length, seed=args.seed)
     loss_fn = plan_loss_fn(llm, [sample_ids(llm, s) for s in cal])
     bar = _bar(None, "measuring heads")
@@ -212,9 +231,7 @@ def cmd_protect(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from ..llm.local import LocalLM
-    from .data import answer_with, calibration_samples, sample_ids
-    from .tune import tune
+    from .tune import calibration_seqs, tune
 
     plan = _searched_plan(args.plan, "tune")
     lengths = _ints(args.lengths, "--lengths", low=128)
@@ -225,19 +242,9 @@ def cmd_tune(args) -> int:
                         f"({max(lengths)}); got {args.samples}, {args.steps}, {args.val_samples}, {args.batch_tokens}")
     if not (args.lr > 0 and 0 < args.tau_end <= 1):
         raise UserError(f"--lr must be > 0 and --tau-end in (0, 1], got {args.lr} and {args.tau_end}")
-    budget = sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths) | set(lengths)
-                    | set(_ints(args.budget_lengths, "--budget-lengths") if args.budget_lengths else []))
-    llm = LocalLM(args.model, cache=False, threads=args.threads)
-    plan.check_model(llm.model.config.num_hidden_layers, llm.model.config.num_attention_heads, llm.model_id)
-    seqs = []
-    for n in lengths:
-        cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, args.samples, args.seed + n,
-                                                   objective=args.objective, text_tokens=n))
-        seqs += [sample_ids(llm, s) for s in cal]
-    if args.passkeys:
-        from .protect import passkey_calibration
-
-        seqs += [sample_ids(llm, s) for s in passkey_calibration(llm, args.passkeys, args.passkey_length, seed=args.seed)]
+    budget = _budget_lengths(plan, args, *lengths)
+    llm = _model_for(plan, args)
+    seqs = calibration_seqs(llm, lengths, args.samples, args.seed, args.objective, args.passkeys, args.passkey_length)
     bar = _bar(args.steps, "tuning gates")
 
     def progress(i, k, rec):
@@ -247,19 +254,10 @@ def cmd_tune(args) -> int:
     new = tune(llm, plan, seqs, budget, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, tau_end=args.tau_end,
                seed=args.seed, hard=args.hard, progress=progress)
     bar.close()
-    val_len = args.validate or plan.validation_length or 1536
-    val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
-    before, after = val(plan), val(new) if new.rules != plan.rules else None
-    keep = after is not None and after < before
-    out = new if keep else plan
-    out.meta = {**out.meta, "tune": {**new.meta["tune"], "validation_length": val_len, "validation_samples": args.val_samples,
-                                     "validation_before": before, "validation_after": after, "kept": keep}}
-    if keep:
-        out.validation_length, out.validation_loss = val_len, after
-    out.save(args.out)
+    out, before, after, keep = _keep_if_validated(llm, plan, new, "tune", args.validate or plan.validation_length or 1536, args)
     print(json.dumps({"plan": str(args.out), "kept_tuned": keep, "changed_heads": new.meta["tune"]["changed_heads"],
                       "calibration_nll": [new.meta["tune"]["nll_first"], new.meta["tune"]["nll_last"]],
-                      "validation_loss": [before, after], "validation_length": val_len,
+                      "validation_loss": [before, after], "validation_length": out.meta["tune"]["validation_length"],
                       "mean_density": {n: out.mean_density(n) for n in budget}}))
     return 0
 
@@ -298,6 +296,16 @@ def cmd_eval(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
     return 0
+
+
+def _validated_job_args(p, val_samples: int) -> None:
+    """The options refine and tune share: budget lengths, validation, model, output."""
+    p.add_argument("--budget-lengths", default="", help="further lengths where the density budget must hold")
+    p.add_argument("--validate", type=int, default=None, help="validation length (default: the plan's)")
+    p.add_argument("--val-samples", type=int, default=val_samples)
+    p.add_argument("--model", default="default")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("-o", "--out", required=True, help="plan JSON to write")
 
 
 def register(sub) -> None:
@@ -356,12 +364,7 @@ def register(sub) -> None:
     r.add_argument("--layers", default="", help="refine only these layers (default all; each head costs ~6 forward passes)")
     r.add_argument("--alpha-step", type=int, default=64)
     r.add_argument("--max-changes", type=int, default=None, help="first trust region (heads changed at once; default all)")
-    r.add_argument("--budget-lengths", default="", help="further lengths where the density budget must hold")
-    r.add_argument("--validate", type=int, default=None, help="validation length (default: the plan's)")
-    r.add_argument("--val-samples", type=int, default=8)
-    r.add_argument("--model", default="default")
-    r.add_argument("--threads", type=int, default=None)
-    r.add_argument("-o", "--out", required=True, help="plan JSON to write")
+    _validated_job_args(r, val_samples=8)
     r.set_defaults(fn=cmd_refine)
 
     u = s.add_parser("tune", help="train per-head gates over candidate rules on the real loss (all heads together, "
@@ -380,12 +383,7 @@ def register(sub) -> None:
     u.add_argument("--hard", action="store_true", help="one rule per head in every forward (Gumbel draw, gradient "
                    "passed straight through) instead of the soft mixture")
     u.add_argument("--seed", type=int, default=11, help="calibration seed (the validation samples use another)")
-    u.add_argument("--budget-lengths", default="", help="further lengths where the density budget must hold")
-    u.add_argument("--validate", type=int, default=None, help="validation length (default: the plan's)")
-    u.add_argument("--val-samples", type=int, default=16)
-    u.add_argument("--model", default="default")
-    u.add_argument("--threads", type=int, default=None)
-    u.add_argument("-o", "--out", required=True, help="plan JSON to write")
+    _validated_job_args(u, val_samples=16)
     u.set_defaults(fn=cmd_tune)
 
     t = s.add_parser("protect", help="keep the heads pass-key retrieval needs at full window, re-solve the rest under "

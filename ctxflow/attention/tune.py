@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .kernels import attention_modules, register_attention
+from .kernels import LayerRules, attention_modules, head_window_mask, register_attention
 from .refine import solve_moves
 from .rules import FULL, Plan, Rule, band_density
 
@@ -97,14 +97,6 @@ def expected_density(p: torch.Tensor, dens: torch.Tensor) -> torch.Tensor:
     return (p * dens[:, None, :]).sum(-1).mean()
 
 
-def _window_mask(spans: Sequence[int], sinks: int, n: int, device) -> torch.Tensor:
-    """(R, n, n) bool: causal, within each span or on a sink."""
-    i = torch.arange(n, device=device)
-    dist = i[:, None] - i[None, :]
-    s = torch.tensor(list(spans), device=device)[:, None, None]
-    return (dist >= 0)[None] & ((dist < s) | (i[None, None, :] < sinks))
-
-
 def mixture_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs):
     """transformers attention function: each head's output is the ``p``-weighted mixture of its
     layer's candidate windows (``module._ctxflow_mix = (spans (R,), p (H, R), sinks)``). Causal
@@ -123,11 +115,31 @@ def mixture_attention(module, query, key, value, attention_mask=None, dropout: f
         dt = torch.bfloat16
         out = sparse_prefill(q.to(dt), key.to(dt), value.to(dt), vspans, sinks, scale=scaling).to(query.dtype)
     else:
-        mask = _window_mask(spans, sinks, N, query.device)  # (R, N, N)
-        mask = mask[None].expand(H, R, N, N).reshape(1, H * R, N, N)
+        causal = torch.ones(N, N, dtype=torch.bool, device=query.device).tril()[None, None]  # (1, 1, N, N)
+        cand = LayerRules(list(spans), [0.0] * R, sinks)  # one "head" per candidate: fixed span, same sinks
+        mask = head_window_mask(cand, causal, N)  # (1, R, N, N), the sparse backend's own masking
+        mask = mask[:, None].expand(1, H, R, N, N).reshape(1, H * R, N, N)
         out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling, enable_gqa=key.shape[1] != H * R)
     out = torch.einsum("bhrnd,hr->bhnd", out.view(B, H, R, N, D), p.to(out.dtype))
     return out.transpose(1, 2).contiguous(), None
+
+
+def calibration_seqs(llm, lengths: Sequence[int], samples: int, seed: int, objective: str = "mixed", passkeys: int = 0,
+                     passkey_length: int = 1024) -> list[tuple[list[int], int]]:
+    """(ids, loss start) of ``samples`` calibration samples per length of ``lengths`` (the dense model's
+    answers to questions and/or text windows, as ``objective`` says; seed ``seed + length``), plus
+    ``passkeys`` pass-key prompts of ``passkey_length`` tokens with their known answers."""
+    from .data import answer_with, calibration_samples, sample_ids
+
+    seqs = []
+    for n in lengths:
+        cal = answer_with(llm, calibration_samples(llm.count_tokens, n - 72, samples, seed + n, objective=objective, text_tokens=n))
+        seqs += [sample_ids(llm, s) for s in cal]
+    if passkeys:
+        from .protect import passkey_calibration
+
+        seqs += [sample_ids(llm, s) for s in passkey_calibration(llm, passkeys, passkey_length, seed=seed)]
+    return seqs
 
 
 def padded_length(seqs: list[tuple[list[int], int]], multiple: int = 256) -> int:
