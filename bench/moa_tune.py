@@ -10,6 +10,7 @@ progress. A GPU job (the CPU works, slowly); the quality table of record is re-r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -29,12 +30,15 @@ def main() -> None:
     ap.add_argument("--passkey-length", type=int, default=1024)
     ap.add_argument("--objective", default="mixed")
     ap.add_argument("--hard", action="store_true")
+    ap.add_argument("--sinks", default="", help="per density (comma list like --densities): tune with this many sinks "
+                    "instead of the plan's ('' or an empty entry = the plan's)")
     ap.add_argument("--tag", default="", help="suffix of the tuned plan files")
     ap.add_argument("--batch-tokens", type=int, default=16384)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--tau-end", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--val-samples", type=int, default=16)
+    ap.add_argument("--skip-input-rows", action="store_true", help="quality rows for dense and the tuned plans only")
     ap.add_argument("--eval", default="2048,6,10,1024", help="LENGTH,WINDOWS,KEYS,RETRIEVAL_LENGTH of the quality rows ('' = none)")
     a = ap.parse_args()
     out = Path(a.out)
@@ -56,7 +60,9 @@ def main() -> None:
 
     text = plan_loss_fn(llm, [sample_ids(llm, s) for s in calibration_samples(llm.count_tokens, 2048, 8, 99, objective="text", text_tokens=2048)])
     res["text2048_dense"] = text(None)
-    for d in [float(x) for x in a.densities.split(",")]:
+    dens = [float(x) for x in a.densities.split(",")]
+    sinks = [int(x) if x else None for x in a.sinks.split(",")] if a.sinks else [None] * len(dens)
+    for d, sk in zip(dens, sinks + [None] * (len(dens) - len(sinks))):
         name = f"smollm2-135m-{int(d * 100)}"
         plan = Plan.load(name)
         budget = sorted(set(plan.meta.get("budget_lengths", [])) | set(plan.profiled_lengths) | set(lengths))
@@ -66,7 +72,8 @@ def main() -> None:
             if i % 25 == 0 or i == k:
                 print(f"  {name} step {i}/{k} nll {rec['nll']:.4f} tau {rec['tau']} density {rec['density']} ({time.time() - t1:.0f}s)", flush=True)
 
-        new = tune(llm, plan, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed, hard=a.hard,
+        start = dataclasses.replace(plan, sinks=sk, rules=[list(x) for x in plan.rules]) if sk is not None else plan
+        new = tune(llm, start, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed, hard=a.hard,
                    progress=progress)
         secs = time.time() - t1
         vlen = plan.validation_length or 1536
@@ -92,7 +99,8 @@ def main() -> None:
         length, windows, keys, rlen = (int(x) for x in a.eval.split(","))
         backends = {"dense": None}
         for d in [float(x) for x in a.densities.split(",")]:
-            backends[f"moa_{int(d * 100)}"] = {"type": "moa", "plan": f"smollm2-135m-{int(d * 100)}"}
+            if not a.skip_input_rows:
+                backends[f"moa_{int(d * 100)}"] = {"type": "moa", "plan": f"smollm2-135m-{int(d * 100)}"}
             backends[f"tuned_{int(d * 100)}"] = {"type": "moa", "plan": str(out / f"tuned-{int(d * 100)}{a.tag}.json")}
         table = quality_table(backends, length, windows, keys, retrieval_length=rlen,
                               progress=lambda i, k, n, r: print(f"  {n}: ppl {r['perplexity']:.3f} keys {r['retrieval_accuracy']:.2f}", flush=True))

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def _keep_if_validated(llm, plan, new, key: str, val_len: int, args):
     ``plan``'s, else ``plan``; either way with the comparison in ``meta[key]``, written to ``--out``.
     Returns (plan written, loss before, loss after or None when nothing changed, kept)."""
     val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
-    before, after = val(plan), val(new) if new.rules != plan.rules else None
+    before, after = val(plan), val(new) if (new.rules, new.sinks) != (plan.rules, plan.sinks) else None
     keep = after is not None and after < before
     out = new if keep else plan
     out.meta = {**out.meta, key: {**new.meta.get(key, {}), "validation_length": val_len, "validation_samples": args.val_samples,
@@ -235,6 +236,11 @@ def cmd_tune(args) -> int:
 
     plan = _searched_plan(args.plan, "tune")
     lengths = _ints(args.lengths, "--lengths", low=128)
+    start = plan
+    if args.sinks is not None:
+        if not 0 <= args.sinks <= 4096:
+            raise UserError(f"--sinks must be between 0 and 4096 tokens, got {args.sinks}")
+        start = dataclasses.replace(plan, sinks=args.sinks, rules=[list(x) for x in plan.rules])
     if args.passkeys < 0 or args.passkey_length < 128:
         raise UserError(f"--passkeys must be >= 0 and --passkey-length >= 128, got {args.passkeys} and {args.passkey_length}")
     if args.samples < 1 or args.steps < 1 or args.val_samples < 1 or args.batch_tokens < max(lengths):
@@ -251,9 +257,10 @@ def cmd_tune(args) -> int:
         bar.update(1)
         bar.set_postfix(nll=f"{rec['nll']:.3f}", tau=rec["tau"])
 
-    new = tune(llm, plan, seqs, budget, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, tau_end=args.tau_end,
+    new = tune(llm, start, seqs, budget, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, tau_end=args.tau_end,
                seed=args.seed, hard=args.hard, progress=progress)
     bar.close()
+    new.meta["tune"]["input_sinks"] = plan.sinks
     out, before, after, keep = _keep_if_validated(llm, plan, new, "tune", args.validate or plan.validation_length or 1536, args)
     print(json.dumps({"plan": str(args.out), "kept_tuned": keep, "changed_heads": new.meta["tune"]["changed_heads"],
                       "calibration_nll": [new.meta["tune"]["nll_first"], new.meta["tune"]["nll_last"]],
@@ -383,6 +390,8 @@ def register(sub) -> None:
     u.add_argument("--hard", action="store_true", help="one rule per head in every forward (Gumbel draw, gradient "
                    "passed straight through) instead of the soft mixture")
     u.add_argument("--seed", type=int, default=11, help="calibration seed (the validation samples use another)")
+    u.add_argument("--sinks", type=int, default=None, help="tune with this many sink tokens instead of the plan's (fewer sinks "
+                   "free budget for windows; the result must still beat the input plan on validation)")
     _validated_job_args(u, val_samples=16)
     u.set_defaults(fn=cmd_tune)
 

@@ -267,7 +267,7 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     changed = sum(a != b for x, y in zip(plan.rules, out.rules) for a, b in zip(x, y))
     k = max(1, len(history) // 10)
     out.meta = {**plan.meta, "tune": {
-        "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed, "hard": hard,
+        "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed, "hard": hard, "sinks": plan.sinks,
         "samples": len(seqs), "budget_lengths": lengths, "changed_heads": changed,
         "nll_first": sum(r["nll"] for r in history[:k]) / k, "nll_last": sum(r["nll"] for r in history[-k:]) / k,
         "relaxed_density": history[-1]["density"], "lambda": {str(n): v for n, v in lam.items()},
