@@ -56,7 +56,7 @@ def main() -> None:
     print(f"calibration: {len(seqs)} samples in {time.time() - t0:.0f}s", flush=True)
     res = {"args": vars(a), "device": str(llm.model.device), "runs": {}}
     vals: dict = {}
-    from ctxflow.attention.evaluate import plan_loss_fn
+    from ctxflow.attention.evaluate import paired_gain, plan_loss_fn
 
     text = plan_loss_fn(llm, [sample_ids(llm, s) for s in calibration_samples(llm.count_tokens, 2048, 8, 99, objective="text", text_tokens=2048)])
     res["text2048_dense"] = text(None)
@@ -80,18 +80,22 @@ def main() -> None:
         if vlen not in vals:
             vals[vlen] = validation_loss_fn(llm, vlen, a.val_samples, objective="mixed")
         val = vals[vlen]
-        before, after = val(plan), val(new)
+        sb, sa = val.samples([plan])[0], val.samples([new])[0]
+        before, after = float(sb.mean()), float(sa.mean())
+        gain, se = paired_gain(sb, sa)
         tb, ta = text(plan), text(new)
         print(f"  text 2048 (unseen calibration windows): dense {res['text2048_dense']:.4f} before {tb:.4f} after {ta:.4f}", flush=True)
         new.validation_length, new.validation_loss = vlen, after
-        # `ctxflow moa tune` keeps a result only when validation improves; here every result is written, marked
-        new.meta["tune"].update({"validation_before": before, "validation_after": after, "kept": after < before, "seconds": round(secs, 1)})
+        # `ctxflow moa tune` keeps a result only when validation improves by > --margin (2) paired standard errors;
+        # here every result is written, marked
+        new.meta["tune"].update({"validation_before": before, "validation_after": after, "validation_gain": gain, "validation_gain_se": se,
+                                 "kept": gain > 0 and gain > 2 * se, "seconds": round(secs, 1)})
         path = out / f"tuned-{int(d * 100)}{a.tag}.json"
         new.save(path)
         res["runs"][name] = {"tune": new.meta["tune"], "validation_before": before, "validation_after": after, "plan": path.name,
                              "text2048_before": tb, "text2048_after": ta,
                              "mean_density": {n: new.mean_density(n) for n in budget}}
-        print(json.dumps({name: {"validation": [before, after], "changed": new.meta["tune"]["changed_heads"], "seconds": round(secs)}}), flush=True)
+        print(json.dumps({name: {"validation": [before, after], "gain_se": [gain, se], "changed": new.meta["tune"]["changed_heads"], "seconds": round(secs)}}), flush=True)
         (out / "moa_tune.json").write_text(json.dumps(res, indent=1))
     if a.eval:
         from ctxflow.attention.evaluate import quality_table

@@ -1,5 +1,6 @@
 """Plot of bench/results/moa_tune.json and moa_quality.json: held-back perplexity vs pass-key accuracy at 50%
-density for dense, uniform streaming, the searched + protected plan and each tune run.
+density for dense, uniform streaming, the searched + protected plan, the tune runs that have GPU quality rows
+and the bundled plan (CPU table of record).
 
     python bench/moa_tune_plot.py   # writes bench/results/moa_tune.png
 """
@@ -25,13 +26,15 @@ def main() -> None:
            ("uniform streaming 50%", rows["streaming_50"]["perplexity"], rows["streaming_50"]["retrieval_accuracy"], "tab:gray")]
     if prev:
         pts.append(("search + protect (before tune)", prev["perplexity"], prev["retrieval_accuracy"], "tab:blue"))
-    labels = {"v0_soft_mixed": "tune: soft, mixed", "v1_soft_text_passkeys": "tune: soft, text + pass keys (rejected)",
-              "v2_hard_mixed_passkeys": "tune: hard, mixed + pass keys (shipped)"}
-    colors = {"v0_soft_mixed": "tab:orange", "v1_soft_text_passkeys": "tab:red", "v2_hard_mixed_passkeys": "tab:green"}
-    for k, v in t["variants"].items():
-        r = v.get("quality", {}).get("tuned_50")
+    colors = ["tab:orange", "tab:red", "tab:olive", "tab:purple", "tab:brown", "tab:pink", "tab:cyan"]
+    for i, (k, v) in enumerate(t["variants"].items()):
+        r = v.get("quality", {}).get("rows", v.get("quality", {})).get("tuned_50")
+        if r:  # GPU quality rows of that run's tuned plan
+            pts.append((v.get("short", k) + " [GPU row]", r["perplexity"], r["retrieval_accuracy"], colors[i % len(colors)]))
+        r = v.get("quality_cpu", {}).get("moa_50")
         if r:
-            pts.append((labels.get(k, k), r["perplexity"], r["retrieval_accuracy"], colors.get(k, "tab:purple")))
+            pts.append((v.get("short", k) + " [CPU row]", r["perplexity"], r["retrieval_accuracy"], colors[i % len(colors)]))
+    pts.append(("bundled now (CPU table of record)", rows["moa_50"]["perplexity"], rows["moa_50"]["retrieval_accuracy"], "tab:green"))
     fig, ax = plt.subplots(figsize=(7, 6))
     dense = rows["dense"]["perplexity"]
     ax.axvspan(dense, dense * 1.02, color="tab:green", alpha=0.08, label="within 2% of dense (goal)")
@@ -43,7 +46,7 @@ def main() -> None:
     ax.set_ylim(-0.05, 1.0)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     fig.tight_layout()
-    fig.savefig(RES / "moa_tune.png", dpi=120)
+    fig.savefig(RES / "moa_tune.png", dpi=120, bbox_inches="tight")
     print(RES / "moa_tune.png")
 
 

@@ -132,16 +132,30 @@ def _model_for(plan, args):
     return llm
 
 
+def _check_margin(args) -> None:
+    if not args.margin >= 0:
+        raise UserError(f"--margin must be >= 0 standard errors, got {args.margin}")
+
+
 def _keep_if_validated(llm, plan, new, key: str, val_len: int, args):
     """``new`` when its loss on ``--val-samples`` unseen samples of ``val_len`` tokens is lower than
-    ``plan``'s, else ``plan``; either way with the comparison in ``meta[key]``, written to ``--out``.
-    Returns (plan written, loss before, loss after or None when nothing changed, kept)."""
+    ``plan``'s by more than ``--margin`` standard errors of the paired per-sample gain (a smaller gain
+    is the noise of the sample draw), else ``plan``; either way with the comparison in ``meta[key]``,
+    written to ``--out``. Returns (plan written, loss before, loss after or None when nothing
+    changed, kept)."""
+    from .evaluate import paired_gain
+
     val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
-    before, after = val(plan), val(new) if (new.rules, new.sinks) != (plan.rules, plan.sinks) else None
-    keep = after is not None and after < before
+    b = val.samples([plan])[0]
+    changed = (new.rules, new.sinks) != (plan.rules, plan.sinks)
+    a = val.samples([new])[0] if changed else None
+    before, after = float(b.mean()), (float(a.mean()) if changed else None)
+    gain, se = paired_gain(b, a) if changed else (0.0, 0.0)
+    keep = changed and gain > 0 and gain > args.margin * se
     out = new if keep else plan
     out.meta = {**out.meta, key: {**new.meta.get(key, {}), "validation_length": val_len, "validation_samples": args.val_samples,
-                                  "validation_before": before, "validation_after": after, "kept": keep}}
+                                  "validation_before": before, "validation_after": after, "validation_gain": gain,
+                                  "validation_gain_se": se, "margin_se": args.margin, "kept": keep}}
     if keep:
         out.validation_length, out.validation_loss = val_len, after
     out.save(args.out)
@@ -156,6 +170,7 @@ def cmd_refine(args) -> int:
     plan = _searched_plan(args.plan, "refine")
     if args.samples < 1 or args.rounds < 1 or args.val_samples < 1:
         raise UserError("--samples, --val-samples and --rounds must be >= 1")
+    _check_margin(args)
     layers = _ints(args.layers, "--layers", low=0) if args.layers else None
     if layers and max(layers) >= plan.n_layers:
         raise UserError(f"--layers {layers}: the plan has layers 0..{plan.n_layers - 1}")
@@ -248,6 +263,7 @@ def cmd_tune(args) -> int:
                         f"({max(lengths)}); got {args.samples}, {args.steps}, {args.val_samples}, {args.batch_tokens}")
     if not (args.lr > 0 and 0 < args.tau_end <= 1):
         raise UserError(f"--lr must be > 0 and --tau-end in (0, 1], got {args.lr} and {args.tau_end}")
+    _check_margin(args)
     budget = _budget_lengths(plan, args, *lengths)
     llm = _model_for(plan, args)
     seqs = calibration_seqs(llm, lengths, args.samples, args.seed, args.objective, args.passkeys, args.passkey_length)
@@ -310,6 +326,8 @@ def _validated_job_args(p, val_samples: int) -> None:
     p.add_argument("--budget-lengths", default="", help="further lengths where the density budget must hold")
     p.add_argument("--validate", type=int, default=None, help="validation length (default: the plan's)")
     p.add_argument("--val-samples", type=int, default=val_samples)
+    p.add_argument("--margin", type=float, default=2.0, help="keep the new plan only when its validation gain exceeds this "
+                   "many standard errors of the paired per-sample gains (0 = any gain)")
     p.add_argument("--model", default="default")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("-o", "--out", required=True, help="plan JSON to write")
@@ -361,7 +379,7 @@ def register(sub) -> None:
     c.set_defaults(fn=cmd_eval)
 
     r = s.add_parser("refine", help="re-price the moves near a searched plan by measuring them on the model, "
-                                    "combine the good ones (MILP, same budget), keep the result when validation improves")
+                                    "combine the good ones (MILP, same budget), keep the result when validation improves beyond its noise (--margin)")
     r.add_argument("plan", help="plan JSON or bundled plan name")
     r.add_argument("--length", type=int, default=2048, help="calibration length (tokens); the budget also holds here")
     r.add_argument("--samples", type=int, default=8, help="calibration samples the moves are measured on")
@@ -375,7 +393,7 @@ def register(sub) -> None:
     r.set_defaults(fn=cmd_refine)
 
     u = s.add_parser("tune", help="train per-head gates over candidate rules on the real loss (all heads together, "
-                                  "model frozen), round them to a plan (MILP, same budget), keep it when validation improves")
+                                  "model frozen), round them to a plan (MILP, same budget), keep it when validation improves beyond its noise (--margin)")
     u.add_argument("plan", help="plan JSON or bundled plan name (a searched MoA plan)")
     u.add_argument("--lengths", default="1024,2048,4096", help="calibration lengths (tokens); the budget also holds there")
     u.add_argument("--samples", type=int, default=48, help="calibration samples per length")

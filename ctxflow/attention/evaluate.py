@@ -53,39 +53,54 @@ def mean_nll(model, seqs: list[tuple[list[int], int]]) -> float:
     return sum(per) / len(per)
 
 
-def plans_mean_nll(model, seqs: list[tuple[list[int], int]], plans: list, batch: int = 16, progress=None) -> list[float]:
-    """:func:`mean_nll` of ``seqs`` under each of ``plans``, several plans per forward (each sequence
-    repeated, one plan per batch row: the per-row rules of :func:`~.kernels.apply_plans`)."""
+def plans_sample_nll(model, seqs: list[tuple[list[int], int]], plans: list, batch: int = 16, progress=None) -> torch.Tensor:
+    """(plans, sequences) float64 tensor: each sequence's mean NLL of tokens ``start..`` under each
+    of ``plans``, several plans per forward (each sequence repeated, one plan per batch row: the
+    per-row rules of :func:`~.kernels.apply_plans`)."""
     from .kernels import apply_plans, remove_plan
 
     for ids, start in seqs:
         if not 0 < start < len(ids):
             raise ValueError(f"loss start {start} must be inside the sequence (1..{len(ids) - 1})")
     old = model.config._attn_implementation
-    tot = torch.zeros(len(plans), dtype=torch.float64)
+    out = torch.zeros(len(plans), len(seqs), dtype=torch.float64)
     done = 0
     try:
         with torch.inference_mode():
             for i in range(0, len(plans), batch):
                 part = plans[i:i + batch]
                 apply_plans(model, part)
-                for ids, start in seqs:
+                for j, (ids, start) in enumerate(seqs):
                     x = torch.tensor([ids] * len(part), device=model.device)  # (P, T)
                     h = model.get_decoder()(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state
                     lg = model.get_output_embeddings()(h[:, start - 1:-1]).float()  # (P, A, V)
                     nll = torch.nn.functional.cross_entropy(lg.transpose(1, 2), x[:, start:], reduction="none").mean(1)
-                    tot[i:i + len(part)] += nll.double().cpu()
+                    out[i:i + len(part), j] = nll.double().cpu()
                 done += len(part)
                 if progress:
                     progress(done, len(plans))
     finally:
         remove_plan(model, old)
-    return (tot / len(seqs)).tolist()
+    return out
+
+
+def plans_mean_nll(model, seqs: list[tuple[list[int], int]], plans: list, batch: int = 16, progress=None) -> list[float]:
+    """:func:`mean_nll` of ``seqs`` under each of ``plans`` (:func:`plans_sample_nll` averaged)."""
+    return plans_sample_nll(model, seqs, plans, batch, progress).mean(1).tolist()
+
+
+def paired_gain(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float]:
+    """(mean gain, its standard error) of per-sample losses ``before - after`` (same samples, paired).
+    A gain of a few standard errors is a real one; a gain inside one is noise of the sample draw."""
+    d = (before - after).double()
+    se = float(d.std(unbiased=True) / math.sqrt(len(d))) if len(d) > 1 else float("inf")
+    return float(d.mean()), se
 
 
 def plan_loss_fn(llm, seqs: list[tuple[list[int], int]], batch: int = 16):
     """A function plan -> :func:`mean_nll` of ``seqs`` with ``plan`` applied to ``llm``'s model (None = dense).
-    Its ``many(plans, progress=None)`` measures a list of plans, ``batch`` plans per forward."""
+    Its ``many(plans, progress=None)`` measures a list of plans, ``batch`` plans per forward, and
+    ``samples(plans)`` gives the (plans, sequences) per-sample losses (:func:`plans_sample_nll`)."""
     from .kernels import plan_applied
 
     model = llm.model
@@ -95,6 +110,7 @@ def plan_loss_fn(llm, seqs: list[tuple[list[int], int]], batch: int = 16):
             return mean_nll(model, seqs)
 
     loss.many = lambda plans, progress=None, batch=batch: plans_mean_nll(model, seqs, plans, batch, progress)
+    loss.samples = lambda plans, batch=batch: plans_sample_nll(model, seqs, plans, batch)
     return loss
 
 

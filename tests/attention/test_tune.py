@@ -45,6 +45,22 @@ def test_mixture_with_one_hot_gates_is_the_sparse_backend():
     assert torch.allclose(got[:, :, 3:], (outs[1][:, :, 3:] + outs[2][:, :, 3:]) / 2, atol=1e-10)
 
 
+def test_paired_gain_separates_a_shift_from_noise():
+    """The keep rule's statistic: a consistent per-sample gain is many standard errors; the same mean
+    gain carried by one sample of a noisy draw is within two."""
+    from ctxflow.attention.evaluate import paired_gain
+
+    g = torch.Generator().manual_seed(0)
+    before = 2 + torch.rand(64, generator=g, dtype=torch.float64)
+    gain, se = paired_gain(before, before - 0.01 - 0.001 * torch.rand(64, generator=g, dtype=torch.float64))
+    assert gain == pytest.approx(0.0105, abs=1e-3) and gain > 20 * se
+    after = before.clone()
+    after[0] -= 0.64  # same mean gain (0.01), all of it from one sample
+    gain, se = paired_gain(before, after)
+    assert gain == pytest.approx(0.01) and gain < 2 * se
+    assert paired_gain(before[:1], before[:1] - 1)[1] == float("inf")  # one sample: no error estimate, never kept
+
+
 def test_candidates_gates_and_expected_density():
     own = [Rule(-64, 0.5), Rule(128, 0)]
     plan = Plan("fake", [[own[0], own[1], own[0]], [FULL] * 3], sinks=64, density=0.5, profiled_lengths=LENGTHS)
@@ -143,3 +159,13 @@ def test_tune_cli_errors_and_run(llm, tmp_path, capsys):
     bundled = Plan.load("smollm2-135m-50")  # denser than its budget below the lengths it was searched for (256)
     assert all(d <= max(saved.density, bundled.mean_density(int(n))) + 1e-9 for n, d in res["mean_density"].items())
     assert all(len(set(layer)) <= 2 for layer in saved.rules)
+    # another sink count: the run records it, and the plan written is the tuned one (16 sinks) only when kept
+    assert main(["moa", "tune", "smollm2-135m-50", "--sinks", "-1", "-o", str(out)]) == 2
+    assert "--sinks" in capsys.readouterr().err
+    assert main(["moa", "tune", "smollm2-135m-50", "--sinks", "16", "--lengths", "256", "--samples", "2", "--steps", "1",
+                 "--batch-tokens", "512", "--validate", "256", "--val-samples", "1", "-o", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = Plan.load(out)
+    t = saved.meta["tune"]
+    assert t["sinks"] == 16 and t["input_sinks"] == 64 and saved.sinks == (16 if res["kept_tuned"] else 64)
+    assert res["validation_loss"][1] is not None  # the sink change alone is a change to validate
