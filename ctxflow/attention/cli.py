@@ -313,9 +313,10 @@ def cmd_eval(args) -> int:
     table = quality_table(backends, args.length, args.windows, args.keys, args.threads, progress=lambda i, k, n, r: bar.update(1),
                           depth=depth, retrieval_length=args.retrieval_length)
     bar.close()
-    print("| backend | perplexity | vs dense | pass-key accuracy |\n|---|---|---|---|")
+    print("| backend | perplexity | vs dense (± paired SE over windows) | pass-key accuracy |\n|---|---|---|---|")
     for name, r in table["rows"].items():
-        print(f"| {name} | {r['perplexity']:.3f} | {r.get('ppl_vs_dense', 0) * 100:+.2f}% | {r['retrieval_accuracy']:.2f} |")
+        se = f" ± {r['log_ratio_se'] * 100:.2f}%" if r.get("log_ratio_se") else ""
+        print(f"| {name} | {r['perplexity']:.3f} | {r.get('ppl_vs_dense', 0) * 100:+.2f}%{se} | {r['retrieval_accuracy']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
     return 0

@@ -114,13 +114,19 @@ def plan_loss_fn(llm, seqs: list[tuple[list[int], int]], batch: int = 16):
     return loss
 
 
-def perplexity(llm, length: int, n_windows: int, seed: int = 0) -> float:
+def window_nlls(llm, length: int, n_windows: int, seed: int = 0) -> list[float]:
+    """Mean NLL of the second half of each of ``n_windows`` held-back windows of ``length`` tokens
+    (the same windows for every backend, so rows can be compared window by window)."""
     text = jargon_text("eval")
     ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
     rng = random.Random(seed)
     starts = sorted(rng.sample(range(0, len(ids) - length), n_windows))
-    nll = [window_nll(llm.model, torch.tensor(ids[s:s + length]), length // 2) for s in starts]
-    return math.exp(float(torch.cat(nll).mean()))
+    return [float(window_nll(llm.model, torch.tensor(ids[s:s + length]), length // 2).mean()) for s in starts]
+
+
+def perplexity(llm, length: int, n_windows: int, seed: int = 0) -> float:
+    """exp of the mean NLL over the windows of :func:`window_nlls` (every window scores ``length // 2`` tokens)."""
+    return math.exp(sum(window_nlls(llm, length, n_windows, seed)) / n_windows)
 
 
 def retrieval(llm, length: int, n_keys: int, seed: int = 0, depth: tuple[float, float] = (0.05, 0.3)) -> tuple[float, list[dict]]:
@@ -150,9 +156,10 @@ def quality_table(backends: dict[str, Any], length: int = 1024, n_windows: int =
         t0 = time.time()
         llm = LocalLM(cache=False, attention=spec, threads=threads)
         llm.warm_up()
-        ppl = perplexity(llm, length, n_windows)
+        nlls = window_nlls(llm, length, n_windows)
+        ppl = math.exp(sum(nlls) / len(nlls))
         acc, detail = retrieval(llm, rlen, n_keys, depth=depth)
-        rows[name] = {"attention": spec, "perplexity": ppl, "retrieval_accuracy": acc, "retrieval": detail,
+        rows[name] = {"attention": spec, "perplexity": ppl, "window_nll": nlls, "retrieval_accuracy": acc, "retrieval": detail,
                       "seconds": round(time.time() - t0, 1)}
         if progress:
             progress(i + 1, len(backends), name, rows[name])
@@ -160,4 +167,7 @@ def quality_table(backends: dict[str, Any], length: int = 1024, n_windows: int =
     if dense:
         for r in rows.values():
             r["ppl_vs_dense"] = r["perplexity"] / dense["perplexity"] - 1
+            # paired over windows: the standard error of the mean log-ratio (how much of a gap the window draw explains)
+            d = torch.tensor(r["window_nll"], dtype=torch.float64) - torch.tensor(dense["window_nll"], dtype=torch.float64)
+            r["log_ratio_se"] = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else None
     return {"length": length, "n_windows": n_windows, "n_keys": n_keys, "passkey_depth": list(depth), "retrieval_length": rlen, "rows": rows}

@@ -79,3 +79,23 @@ def test_moa_eval_cli_refuses_bad_counts(capsys):
     assert "--windows and --keys must be >= 1, got 4 and 0" in capsys.readouterr().err
     assert main(["moa", "eval", "--windows", "0"]) == 2
     assert "got 0 and 8" in capsys.readouterr().err
+
+
+def test_quality_table_rows_are_paired_over_the_same_windows(llm, full_plan):
+    """Real model, short windows: every row scores the same held-back windows, so a full-window MoA
+    plan matches dense window by window (gap and paired SE ~0) while a narrow streaming window is
+    worse, with its paired SE from the per-window differences."""
+    import math
+
+    from ctxflow.attention.evaluate import quality_table
+
+    t = quality_table({"dense": None, "full": {"type": "moa", "plan": full_plan},
+                       "narrow": {"type": "streaming", "density": 0.1, "sinks": 4, "length": 512}},
+                      length=512, n_windows=3, n_keys=1, retrieval_length=256)
+    rows = t["rows"]
+    assert all(len(r["window_nll"]) == 3 for r in rows.values())
+    for r in rows.values():
+        assert r["perplexity"] == pytest.approx(math.exp(sum(r["window_nll"]) / 3))
+    assert rows["dense"]["ppl_vs_dense"] == 0 and rows["dense"]["log_ratio_se"] == 0
+    assert rows["full"]["window_nll"] == pytest.approx(rows["dense"]["window_nll"], abs=1e-3) and rows["full"]["log_ratio_se"] < 1e-3
+    assert rows["narrow"]["ppl_vs_dense"] > 0.01 and rows["narrow"]["log_ratio_se"] > 0
