@@ -10,7 +10,6 @@ progress. A GPU job (the CPU works, slowly); the quality table of record is re-r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -56,7 +55,7 @@ def main() -> None:
     print(f"calibration: {len(seqs)} samples in {time.time() - t0:.0f}s", flush=True)
     res = {"args": vars(a), "device": str(llm.model.device), "runs": {}}
     vals: dict = {}
-    from ctxflow.attention.evaluate import paired_gain, plan_loss_fn
+    from ctxflow.attention.evaluate import clears_margin, paired_gain, plan_loss_fn
 
     text = plan_loss_fn(llm, [sample_ids(llm, s) for s in calibration_samples(llm.count_tokens, 2048, 8, 99, objective="text", text_tokens=2048)])
     res["text2048_dense"] = text(None)
@@ -72,9 +71,8 @@ def main() -> None:
             if i % 25 == 0 or i == k:
                 print(f"  {name} step {i}/{k} nll {rec['nll']:.4f} tau {rec['tau']} density {rec['density']} ({time.time() - t1:.0f}s)", flush=True)
 
-        start = dataclasses.replace(plan, sinks=sk, rules=[list(x) for x in plan.rules]) if sk is not None else plan
-        new = tune(llm, start, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed, hard=a.hard,
-                   progress=progress)
+        new = tune(llm, plan, seqs, budget, steps=a.steps, batch_tokens=a.batch_tokens, lr=a.lr, tau_end=a.tau_end, seed=a.seed, hard=a.hard,
+                   sinks=sk, progress=progress)
         secs = time.time() - t1
         vlen = plan.validation_length or 1536
         if vlen not in vals:
@@ -89,7 +87,7 @@ def main() -> None:
         # `ctxflow moa tune` keeps a result only when validation improves by > --margin (2) paired standard errors;
         # here every result is written, marked
         new.meta["tune"].update({"validation_before": before, "validation_after": after, "validation_gain": gain, "validation_gain_se": se,
-                                 "kept": gain > 0 and gain > 2 * se, "seconds": round(secs, 1)})
+                                 "kept": clears_margin(gain, se, 2.0), "seconds": round(secs, 1)})
         path = out / f"tuned-{int(d * 100)}{a.tag}.json"
         new.save(path)
         res["runs"][name] = {"tune": new.meta["tune"], "validation_before": before, "validation_after": after, "plan": path.name,

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -143,7 +142,7 @@ def _keep_if_validated(llm, plan, new, key: str, val_len: int, args):
     is the noise of the sample draw), else ``plan``; either way with the comparison in ``meta[key]``,
     written to ``--out``. Returns (plan written, loss before, loss after or None when nothing
     changed, kept)."""
-    from .evaluate import paired_gain
+    from .evaluate import clears_margin, paired_gain
 
     val = validation_loss_fn(llm, val_len, args.val_samples, objective=args.objective)
     b = val.samples([plan])[0]
@@ -151,7 +150,7 @@ def _keep_if_validated(llm, plan, new, key: str, val_len: int, args):
     a = val.samples([new])[0] if changed else None
     before, after = float(b.mean()), (float(a.mean()) if changed else None)
     gain, se = paired_gain(b, a) if changed else (0.0, 0.0)
-    keep = changed and gain > 0 and gain > args.margin * se
+    keep = changed and clears_margin(gain, se, args.margin)
     out = new if keep else plan
     out.meta = {**out.meta, key: {**new.meta.get(key, {}), "validation_length": val_len, "validation_samples": args.val_samples,
                                   "validation_before": before, "validation_after": after, "validation_gain": gain,
@@ -251,11 +250,8 @@ def cmd_tune(args) -> int:
 
     plan = _searched_plan(args.plan, "tune")
     lengths = _ints(args.lengths, "--lengths", low=128)
-    start = plan
-    if args.sinks is not None:
-        if not 0 <= args.sinks <= 4096:
-            raise UserError(f"--sinks must be between 0 and 4096 tokens, got {args.sinks}")
-        start = dataclasses.replace(plan, sinks=args.sinks, rules=[list(x) for x in plan.rules])
+    if args.sinks is not None and not 0 <= args.sinks <= 4096:
+        raise UserError(f"--sinks must be between 0 and 4096 tokens, got {args.sinks}")
     if args.passkeys < 0 or args.passkey_length < 128:
         raise UserError(f"--passkeys must be >= 0 and --passkey-length >= 128, got {args.passkeys} and {args.passkey_length}")
     if args.samples < 1 or args.steps < 1 or args.val_samples < 1 or args.batch_tokens < max(lengths):
@@ -273,10 +269,9 @@ def cmd_tune(args) -> int:
         bar.update(1)
         bar.set_postfix(nll=f"{rec['nll']:.3f}", tau=rec["tau"])
 
-    new = tune(llm, start, seqs, budget, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, tau_end=args.tau_end,
-               seed=args.seed, hard=args.hard, progress=progress)
+    new = tune(llm, plan, seqs, budget, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr, tau_end=args.tau_end,
+               seed=args.seed, hard=args.hard, sinks=args.sinks, progress=progress)
     bar.close()
-    new.meta["tune"]["input_sinks"] = plan.sinks
     out, before, after, keep = _keep_if_validated(llm, plan, new, "tune", args.validate or plan.validation_length or 1536, args)
     print(json.dumps({"plan": str(args.out), "kept_tuned": keep, "changed_heads": new.meta["tune"]["changed_heads"],
                       "calibration_nll": [new.meta["tune"]["nll_first"], new.meta["tune"]["nll_last"]],

@@ -97,6 +97,11 @@ def paired_gain(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float
     return float(d.mean()), se
 
 
+def clears_margin(gain: float, se: float, margin: float) -> bool:
+    """The keep rule of refine and tune: a positive gain larger than ``margin`` standard errors."""
+    return gain > 0 and gain > margin * se
+
+
 def plan_loss_fn(llm, seqs: list[tuple[list[int], int]], batch: int = 16):
     """A function plan -> :func:`mean_nll` of ``seqs`` with ``plan`` applied to ``llm``'s model (None = dense).
     Its ``many(plans, progress=None)`` measures a list of plans, ``batch`` plans per forward, and
@@ -122,11 +127,6 @@ def window_nlls(llm, length: int, n_windows: int, seed: int = 0) -> list[float]:
     rng = random.Random(seed)
     starts = sorted(rng.sample(range(0, len(ids) - length), n_windows))
     return [float(window_nll(llm.model, torch.tensor(ids[s:s + length]), length // 2).mean()) for s in starts]
-
-
-def perplexity(llm, length: int, n_windows: int, seed: int = 0) -> float:
-    """exp of the mean NLL over the windows of :func:`window_nlls` (every window scores ``length // 2`` tokens)."""
-    return math.exp(sum(window_nlls(llm, length, n_windows, seed)) / n_windows)
 
 
 def retrieval(llm, length: int, n_keys: int, seed: int = 0, depth: tuple[float, float] = (0.05, 0.3)) -> tuple[float, list[dict]]:
@@ -157,7 +157,7 @@ def quality_table(backends: dict[str, Any], length: int = 1024, n_windows: int =
         llm = LocalLM(cache=False, attention=spec, threads=threads)
         llm.warm_up()
         nlls = window_nlls(llm, length, n_windows)
-        ppl = math.exp(sum(nlls) / len(nlls))
+        ppl = math.exp(sum(nlls) / len(nlls))  # every window scores length // 2 tokens
         acc, detail = retrieval(llm, rlen, n_keys, depth=depth)
         rows[name] = {"attention": spec, "perplexity": ppl, "window_nll": nlls, "retrieval_accuracy": acc, "retrieval": detail,
                       "seconds": round(time.time() - t0, 1)}

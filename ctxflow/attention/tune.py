@@ -167,13 +167,14 @@ def batch_loss(model, seqs: list[tuple[list[int], int]], pad_id: int = 0, T: int
 
 def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Sequence[int], steps: int = 300,
          batch_tokens: int = 16384, lr: float = 0.05, init: float = 3.0, tau_end: float = 0.3, rho: float = 20.0,
-         seed: int = 0, hard: bool = False, progress: Callable[[int, int, dict], None] | None = None) -> Plan:
+         seed: int = 0, hard: bool = False, sinks: int | None = None, progress: Callable[[int, int, dict], None] | None = None) -> Plan:
     """Train the gates on ``seqs`` ((ids, loss start) pairs) and round them to a plan (module
     docstring). The density budget (``plan.density``) holds at every length of ``budget_lengths``
     and the plan's profiled lengths. ``hard``: every forward runs one rule per head drawn from ``p`` (Gumbel-max on ``theta / tau``),
     the gradient passed straight through the Gumbel-softmax of the same logits (a mixture of windows
-    can do things no single window does, which rounding then loses). Returns the rounded plan (a copy
-    with ``plan``'s rules when nothing is predicted to help), with the run in ``meta["tune"]``."""
+    can do things no single window does, which rounding then loses). ``sinks``: tune (and return) the
+    plan with this many sink tokens instead of its own. Returns the rounded plan (a copy with
+    ``plan``'s rules when nothing is predicted to help), with the run in ``meta["tune"]``."""
     if plan.density is None:
         raise ValueError("tune needs a plan searched under a density budget (plan.density is None)")
     if steps < 1 or batch_tokens < 1 or not seqs or not 0 < tau_end <= 1:
@@ -182,6 +183,11 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     for ids, start in seqs:
         if not 0 < start < len(ids):
             raise ValueError(f"loss start {start} must be inside the sequence (1..{len(ids) - 1})")
+    input_sinks = plan.sinks
+    if sinks is not None:
+        if sinks < 0:
+            raise ValueError(f"sinks must be >= 0, got {sinks}")
+        plan = dataclasses.replace(plan, sinks=sinks, rules=[list(x) for x in plan.rules])
     model = llm.model
     lengths = sorted(set(budget_lengths) | set(plan.profiled_lengths))
     cands = layer_candidates(plan, lengths)
@@ -267,7 +273,7 @@ def tune(llm, plan: Plan, seqs: list[tuple[list[int], int]], budget_lengths: Seq
     changed = sum(a != b for x, y in zip(plan.rules, out.rules) for a, b in zip(x, y))
     k = max(1, len(history) // 10)
     out.meta = {**plan.meta, "tune": {
-        "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed, "hard": hard, "sinks": plan.sinks,
+        "steps": steps, "batch_tokens": batch_tokens, "lr": lr, "init": init, "tau_end": tau_end, "rho": rho, "seed": seed, "hard": hard, "sinks": plan.sinks, "input_sinks": input_sinks,
         "samples": len(seqs), "budget_lengths": lengths, "changed_heads": changed,
         "nll_first": sum(r["nll"] for r in history[:k]) / k, "nll_last": sum(r["nll"] for r in history[-k:]) / k,
         "relaxed_density": history[-1]["density"], "lambda": {str(n): v for n, v in lam.items()},
