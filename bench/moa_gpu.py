@@ -10,10 +10,11 @@ KV group share its rule, so the static cache keeps GQA.
 
 Imports only torch/transformers and ctxflow/attention/{rules,flex,cache,window_flash}.py by path
 (the GPU machine has no pydantic, which ``import ctxflow`` would need). The prefill part times
-dense SDPA, FlexAttention and window_flash's band backends: FA2 (built into torch) always, cuDNN
-when the optional ``cudnn`` frontend (pip ``nvidia-cudnn-frontend``) imports; the device has none,
-so carry its wheel and install it with ``pip install --no-index --no-deps --target /tmp/site`` +
-``PYTHONPATH=/tmp/site`` (bench/results/moa_gpu_notes.md has the command).
+dense SDPA, FlexAttention and window_flash's backends: FA2 (built into torch) always, cuDNN when the
+optional ``cudnn`` frontend (pip ``nvidia-cudnn-frontend``) imports, FlashAttention-4 (``fa4``: band +
+sink merge; ``fa4sparse``: one block-sparse launch) when ``flash-attn-4`` imports, and ``auto`` (what
+``window_prefill`` picks by itself) when ``--backends`` names it. The device has neither package and
+no network: ``bench/fa4_wheels.sh`` downloads the wheels here and unpacks them there (two calls).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ rules_m, flex_m, cache_m, wf_m = _load("rules"), _load("flex"), _load("cache"), 
 L, H, HKV, D, HIDDEN = 32, 32, 8, 128, 4096
 SINKS = 64
 RES: dict = {}
+WINDOW_BACKENDS: set = set()  # --backends: restrict the window_flash backends timed (empty: all that load)
 
 
 def synthetic_spans(density: float, n: int, layer: int, n_kv: int = HKV, wide: float = 4.0) -> list[int]:
@@ -158,7 +160,11 @@ def window_backends(dev):
     if dev != "cuda":
         return ["torch", "sdpa"]
     probe = torch.empty(1, 1, 1, 128, device=dev, dtype=torch.bfloat16)
-    return [b for b, ok in (("cudnn", wf_m.cudnn_available(probe)), ("flash", wf_m.flash_available(probe))) if ok] + ["flex"]
+    fa4 = wf_m.fa4_available(probe)
+    found = [b for b, ok in (("cudnn", wf_m.cudnn_available(probe)), ("flash", wf_m.flash_available(probe)),
+                             ("fa4", fa4), ("fa4sparse", fa4)) if ok] + ["flex"]
+    found += ["auto"]  # what window_prefill picks by itself (pick_backend), timed as its own row
+    return [b for b in found if (not WINDOW_BACKENDS and b != "auto") or b in WINDOW_BACKENDS]
 
 
 def check_window(dev, small):
@@ -184,7 +190,7 @@ def check_window_backend(dev, be, N, h, hkv, d, G):
     out = {}
     for dt, tol in ((torch.float32, 1e-3), (torch.bfloat16, 1e-2)):
         tag = f"window_{be}_prefill_{str(dt)[6:]}"
-        if be in ("cudnn", "flash") and dt == torch.float32:
+        if be in ("cudnn", "flash", "fa4", "fa4sparse") and dt == torch.float32:
             out[tag] = "unsupported: the band kernel takes fp16/bf16 only (window_prefill falls back to flex there)"
             continue
         torch.manual_seed(int(time.time() * 1000) % 100000)  # fresh inputs every run
@@ -243,7 +249,7 @@ def part_prefill(dev, small, lengths, variants):
         v = torch.randn(1, HKV, N, D, device=dev, dtype=torch.bfloat16)
         kx, vx = k.repeat_interleave(H // HKV, 1), v.repeat_interleave(H // HKV, 1)  # dense gets expanded K/V (flash path)
         wb = dict(warm=25, rep=max(200, N // 64))  # >= ~4 timed runs even at 64k
-        row = {"N": N, "dense_sdpa_ms": bench(lambda: dense_sdpa(q, kx, vx), **wb)}
+        row = {"N": N, "auto_backend": wf_m.pick_backend(q), "dense_sdpa_ms": bench(lambda: dense_sdpa(q, kx, vx), **wb)}
         dense_runs = [row["dense_sdpa_ms"]]
         if dev == "cuda":  # which dense kernel that is: each SDPA backend alone
             for name, be in (("flash", "FLASH_ATTENTION"), ("cudnn", "CUDNN_ATTENTION")):
@@ -511,7 +517,9 @@ def main():
     ap.add_argument("--prompt", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--variants", default="default,tma,m128n128w8s2")
+    ap.add_argument("--backends", default="", help="window_flash backends to time, comma list (default: all that load)")
     args = ap.parse_args()
+    WINDOW_BACKENDS.update(b for b in args.backends.split(",") if b)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     import torch._dynamo as dynamo
 
@@ -557,7 +565,7 @@ def main():
               f"flex50 {r['moa50_ms']:.2f} flex25 {r['moa25_ms']:.2f} | "
               f"best50 {r['best50_kernel']} {r['best50_ms']:.2f} ({r['speedup_50_vs_sdpa']:.2f}x) | "
               f"best25 {r['best25_kernel']} {r['best25_ms']:.2f} ({r['speedup_25_vs_sdpa']:.2f}x)")
-        for be in ("cudnn", "flash", "torch", "sdpa"):
+        for be in ("cudnn", "flash", "fa4", "fa4sparse", "auto", "torch", "sdpa"):
             if f"window_{be}50_ms" in r:
                 print(f"   window {be}: causal {r.get(f'window_{be}_causal_ms', 0):.2f} | 50% {r[f'window_{be}50_ms']:.2f} "
                       f"(band {r[f'window_{be}50_band_only_ms']:.2f}) | 25% {r.get(f'window_{be}25_ms', 0):.2f} "

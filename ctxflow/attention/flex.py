@@ -35,6 +35,16 @@ def block_tables(spans: torch.Tensor, sinks: int, n: int, block: int = 128):
     return any_, full & any_
 
 
+def pack_blocks(sel: torch.Tensor, batch: int = 1):
+    """(count, indices) of the selected key blocks per query block, selected first, as block-sparse
+    kernels take them: sel (H, nq, nk) bool -> (batch, H, nq) int32, (batch, H, nq, nk) int32."""
+    num = sel.sum(-1, dtype=torch.int32)
+    idx = torch.argsort(sel.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    if batch == 1:
+        return num[None], idx[None]
+    return num[None].expand(batch, *num.shape).contiguous(), idx[None].expand(batch, *idx.shape).contiguous()
+
+
 def make_mask_mod(spans: torch.Tensor, sinks: int):
     def mask_mod(b, h, q, kv):
         return (kv <= q) & ((kv < sinks) | (q - kv < spans[h]))
@@ -47,15 +57,8 @@ def build_block_mask(spans: torch.Tensor, sinks: int, n: int, block: int = 128):
     from torch.nn.attention.flex_attention import BlockMask
 
     any_, full = block_tables(spans, sinks, n, block)
-    partial = any_ & ~full  # (H, nq, nk)
-
-    def pack(sel):
-        num = sel.sum(-1, dtype=torch.int32)  # (H, nq)
-        idx = torch.argsort(sel.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)  # selected first
-        return num[None], idx[None]  # (1, H, nq), (1, H, nq, nk)
-
-    kv_num, kv_idx = pack(partial)
-    full_num, full_idx = pack(full)
+    kv_num, kv_idx = pack_blocks(any_ & ~full)  # partial blocks
+    full_num, full_idx = pack_blocks(full)
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
                                     mask_mod=make_mask_mod(spans, sinks), seq_lengths=(n, n))
 

@@ -1,10 +1,20 @@
-"""GPU prefill for elastic per-head windows on a dense kernel's native sliding window.
+"""GPU prefill for elastic per-head windows: FlashAttention-4's block-sparse kernel, or a dense
+kernel's native sliding window plus a sink merge.
 
 Query ``i`` of head ``h`` sees key ``j`` when ``j <= i`` and (``j < sinks`` or ``i - j < span[h]``).
-The mask is a *band* (``0 <= i - j < span``) plus a few *sink* columns. Fast dense attention
-kernels compute a band natively (a sliding window skips the tiles outside it), so the band runs near
-the dense kernel's rate per computed tile instead of FlexAttention's (~0.7x of it on an H100); less
-near at short spans, where each query tile loops over few key tiles (85% of it at span 2.6k):
+The mask is a *band* (``0 <= i - j < span``) plus a few *sink* columns.
+
+One launch (``"fa4sparse"``, the default when ``flash-attn-4`` loads): FA4's Hopper/Blackwell kernel
+(warp-specialised, pipelined, the FA3 design) iterates per query tile only the key tiles the mask
+touches, from block tables built here and cached by (spans, sinks, length, batch): tiles wholly
+inside the band or the sinks run unmasked, the band's edge tiles and the sink tile through a CuTe
+DSL ``mask_mod`` that reads each head's span from a small tensor. Sinks cost one key tile per
+query tile and no second pass. Query heads are not packed per KV head (``pack_gqa=False``: block
+tables are per query head); K/V are read in place (GQA kept).
+
+Band plus merge (``"fa4"``, ``"cudnn"``, ``"flash"``): fast dense kernels compute a band natively (a
+sliding window skips the tiles outside it), so the band runs near the dense kernel's rate per
+computed tile; less near at short spans, where each query tile loops over few key tiles:
 
 1. Heads are grouped by span (MoA plans have at most two rules per layer). Each group is cut into
    runs of consecutive query heads whose key/value heads are a slice too (grouped-query attention is
@@ -15,8 +25,10 @@ near at short spans, where each query tile loops over few key tiles (85% of it a
    this partial softmax with the band's one exactly through their log-sum-exps, in place. Rows
    ``i < span`` have no such key and are skipped.
 
-Backends (``backend="auto"``: cuDNN if its frontend is installed, else flex on CUDA, else sdpa):
+Backends (``backend="auto"``: :func:`pick_backend`):
 
+- ``"fa4sparse"``: the one-launch path above (optional package ``flash-attn-4``, CuTe DSL, sm90/sm100).
+- ``"fa4"``: FA4's local-window attention per run (``window_size_left = span - 1``) + the sink merge.
 - ``"cudnn"``: cuDNN's fused attention with a diagonal band (``diagonal_band_left_bound = span``,
   top-left aligned causal), through the cuDNN frontend's Python graph API (the optional package
   ``nvidia-cudnn-frontend``, imported lazily; it drives the libcudnn that PyTorch already loads).
@@ -27,15 +39,16 @@ Backends (``backend="auto"``: cuDNN if its frontend is installed, else flex on C
 - ``"flex"``: :func:`ctxflow.attention.flex.sparse_prefill` (exact; any dtype on CUDA; sinks in-kernel).
 - ``"sdpa"``: masked SDPA per span group (exact; the CPU path, O(N^2) mask per group).
 
-Measured (H100, Llama-3-8B attention shape, bf16, ``bench/results/moa_gpu_notes.md``): at 32k
-tokens the cuDNN band runs 1.85x (50% density) / 3.41x (25%) faster than dense causal SDPA.
+Measured (H100, Llama-3-8B attention shape, bf16, 32k tokens, ``bench/results/moa_gpu_notes.md``),
+speedup over dense causal SDPA (cuDNN) in one run: fa4sparse 2.11x (50% density) / 3.85x (25%),
+fa4 2.16x / 3.92x, cuDNN band 1.89x / 3.46x, FlexAttention 1.50x / 2.76x.
 
 The sink merge is a Triton kernel on CUDA and plain torch elsewhere (``merge="torch"`` forces it).
 Batches are unpadded or right-padded: causality already hides a row's padding keys from its real
 queries, so real rows are exact; padded query rows hold finite values that are never read.
 
-Imports only torch (Triton and the cuDNN frontend lazily): usable on a GPU machine without the rest
-of ctxflow (no pydantic), loaded by path like ``bench/moa_gpu.py`` does.
+Imports only torch (Triton, FA4 and the cuDNN frontend lazily): usable on a GPU machine without the
+rest of ctxflow (no pydantic), loaded by path like ``bench/moa_gpu.py`` does.
 """
 from __future__ import annotations
 
@@ -48,7 +61,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("cudnn", "flash", "flex", "sdpa")
+BACKENDS = ("cudnn", "flash", "fa4", "fa4sparse", "flex", "sdpa")
 
 
 # ---------------------------------------------------------------- head runs
@@ -172,6 +185,81 @@ def _band_flash(q, k, v, o, lse, span, scale):
         scale=float(scale), **win)
     o.copy_(res[0].transpose(1, 2))  # (B, N, Hr, D) -> (B, Hr, N, D)
     lse.copy_(res[1].unsqueeze(-1))  # (B, Hr, N) natural-log LSE
+
+
+# ---------------------------------------------------------------- FlashAttention-4 (CuTe DSL)
+_FA4 = None
+
+
+def fa4_interface():
+    """``flash_attn.cute.interface`` (pip ``flash-attn-4``, optional), or None when it does not load."""
+    global _FA4
+    if _FA4 is None:
+        try:
+            from flash_attn.cute import interface  # flash-attn-4 (optional)
+
+            _FA4 = interface
+        except Exception:  # noqa: BLE001 - any load failure means "not available"
+            _FA4 = False
+    return _FA4 or None
+
+
+def fa4_available(q) -> bool:
+    return (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in (64, 96, 128)
+            and torch.cuda.get_device_capability(q.device)[0] in (9, 10) and fa4_interface() is not None)
+
+
+def _band_fa4(q, k, v, o, lse, span, scale):
+    """FA4 band attention of one run (same views as :func:`_band_cudnn`), written into o / lse."""
+    n = q.shape[2]
+    win = {} if span >= n else {"window_size_left": int(span) - 1, "window_size_right": 0}
+    fa4_interface()._flash_attn_fwd(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=float(scale), causal=True,
+        return_lse=True, out=o.transpose(1, 2), lse=lse.squeeze(-1), **win)
+
+
+@lru_cache(maxsize=8)
+def _fa4_mask_mod(sinks: int):
+    """The window-plus-sinks rule as a CuTe DSL ``mask_mod``; each head's span is read from aux tensor 0."""
+    import cutlass
+    import cutlass.cute as cute
+    from flash_attn.cute import utils as fa4_utils
+
+    @cute.jit
+    def window_sinks(batch, head, q_idx, kv_idx, seqlen_info, aux_tensors):
+        spans = aux_tensors[0]
+        span = fa4_utils.scalar_to_ssa(spans[head[0]], cutlass.Int32)
+        n_sinks = fa4_utils.scalar_to_ssa(sinks, cutlass.Int32)
+        return (kv_idx <= q_idx) & ((kv_idx < n_sinks) | (q_idx - kv_idx < span))
+
+    return window_sinks
+
+
+@lru_cache(maxsize=64)
+def _fa4_block_tables(spans: tuple[int, ...], sinks: int, n: int, batch: int, device: str, block: int = 128):
+    """FA4's block-sparse tensors (partial blocks, full blocks) of the window-plus-sinks mask, cached."""
+    fa4 = fa4_interface()
+    flex = _flex_module()
+    st = torch.tensor(spans, dtype=torch.long, device=device)
+    any_, full = flex.block_tables(st, sinks, n, block)
+    mask_cnt, mask_idx = flex.pack_blocks(any_ & ~full, batch)
+    full_cnt, full_idx = flex.pack_blocks(full, batch)
+    tensors = fa4.BlockSparseTensorsTorch(mask_block_cnt=mask_cnt, mask_block_idx=mask_idx, full_block_cnt=full_cnt,
+                                          full_block_idx=full_idx, block_size=(block, block))
+    return tensors, st.to(torch.int32)
+
+
+def fa4_sparse_prefill(q, k, v, spans, sinks: int, scale: float):
+    """Window plus sinks in ONE FA4 launch: block-sparse iteration over the blocks the mask touches
+    (full blocks unmasked, partial ones through the ``mask_mod``), the sink keys inside the loop."""
+    B, H, n, D = q.shape
+    tensors, spans_t = _fa4_block_tables(tuple(spans), sinks, n, B, str(q.device))
+    out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype)
+    fa4_interface()._flash_attn_fwd(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=float(scale), causal=False,
+        mask_mod=_fa4_mask_mod(int(sinks)), aux_tensors=[spans_t], block_sparse_tensors=tensors,
+        pack_gqa=False, out=out)
+    return out.transpose(1, 2)
 
 
 # ---------------------------------------------------------------- band: masked SDPA (CPU, reference path)
@@ -332,12 +420,39 @@ def sdpa_prefill(q, k, v, spans, sinks: int, scale=None):
 
 # ---------------------------------------------------------------- entry point
 def pick_backend(q) -> str:
-    """cuDNN's band when the frontend is installed, else FlexAttention on CUDA (on an H100 FA2's
-    window ran slower than flex: 8.3 vs 5.4 ms at 32k, 25% density), masked SDPA on the CPU.
-    ``backend="flash"`` still selects FA2 explicitly."""
+    """The fastest exact path that loads here, by the H100 measurements (bench/results/moa_gpu_notes.md):
+    FA4's block-sparse kernel (sinks in-kernel, one launch; best or within 3% of best at 8k-64k, where
+    FA4's band + merge fell to 1.5x at 8k / 25%), else cuDNN's band, else FlexAttention on CUDA (FA2's
+    window ran slower than flex: 8.3 vs 5.4 ms at 32k, 25% density), else masked SDPA on the CPU.
+    ``backend="fa4"`` / ``"cudnn"`` / ``"flash"`` still select a band kernel explicitly."""
+    if fa4_available(q):
+        return "fa4sparse"
     if cudnn_available(q):
         return "cudnn"
     return "flex" if q.is_cuda else "sdpa"
+
+
+_NEEDS = {
+    "fa4sparse": (fa4_available, "the optional package flash-attn-4, a CUDA GPU of compute capability 9.x/10.x "
+                                 "and fp16/bf16 inputs of head dim 64, 96 or 128"),
+    "fa4": (fa4_available, "the optional package flash-attn-4, a CUDA GPU of compute capability 9.x/10.x "
+                           "and fp16/bf16 inputs of head dim 64, 96 or 128"),
+    "cudnn": (cudnn_available, "the optional package nvidia-cudnn-frontend, a CUDA GPU and fp16/bf16 inputs"),
+    "flash": (flash_available, "a CUDA GPU and fp16/bf16 inputs of head dim <= 256"),
+}
+
+
+def _check_backend(backend: str, q) -> None:
+    """A clear error for an unknown backend or one that cannot run on these inputs here."""
+    if backend in ("sdpa", "torch", "flex"):
+        return
+    if backend not in _NEEDS:
+        raise ValueError(f"unknown window_prefill backend {backend!r}; valid: 'auto', "
+                         + ", ".join(repr(b) for b in BACKENDS + ("torch",)))
+    ok, needs = _NEEDS[backend]
+    if not ok(q):
+        raise RuntimeError(f"window_prefill backend {backend!r} cannot run here: it needs {needs} "
+                           f"(got {q.dtype} on {q.device}); backend='auto' picks {pick_backend(q)!r}")
 
 
 def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto", merge: str = "auto"):
@@ -346,8 +461,8 @@ def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto"
     q (B, H, N, D), k/v (B, H_kv, N, D) (any strides with a unit last one); spans: H ints (a list,
     tuple or tensor), each query head's window at this length; ``sinks`` first keys always visible.
     Returns (B, H, N, D) (a view of (B, N, H, D) memory on the band-kernel paths).
-    ``backend``: "auto" | "cudnn" | "flash" | "flex" | "sdpa" (| "torch": the band decomposition in
-    plain torch, a CPU test path); ``merge``: "auto" | "triton" | "torch".
+    ``backend``: "auto" | "fa4sparse" | "fa4" | "cudnn" | "flash" | "flex" | "sdpa" (| "torch": the band
+    decomposition in plain torch, a CPU test path); ``merge``: "auto" | "triton" | "torch".
     """
     B, H, n, D = q.shape
     assert k.shape[1] > 0 and H % k.shape[1] == 0, "query heads must be a multiple of key/value heads"
@@ -359,11 +474,14 @@ def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto"
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if backend == "auto":
         backend = pick_backend(q)
+    _check_backend(backend, q)
     if backend == "sdpa":
         return sdpa_prefill(q, k, v, spans, sinks, scale)
+    if backend == "fa4sparse":
+        return fa4_sparse_prefill(q, k, v, spans, sinks, scale)
     if backend == "flex":
         return _flex_module().sparse_prefill(q, k, v, list(spans), sinks, scale=scale, compiled=q.is_cuda)
-    band = {"cudnn": _band_cudnn, "flash": _band_flash, "torch": _band_sdpa}[backend]
+    band = {"cudnn": _band_cudnn, "flash": _band_flash, "fa4": _band_fa4, "torch": _band_sdpa}[backend]
     out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D) view
     lse = torch.empty(B, H, n, 1, device=q.device, dtype=torch.float32)
     for h0, h1, s in head_runs(spans, n, group):

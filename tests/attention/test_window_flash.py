@@ -72,3 +72,42 @@ def test_window_prefill_right_padded_batch_and_auto_backend():
     assert rel(out[1:, :, :L], ref) < 1e-4
     out2 = wf.window_prefill(q, k, v, spans, sinks, backend="torch", merge="torch")
     assert rel(out2[1:, :, :L], ref) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["fa4sparse", "fa4", "cudnn", "flash"])
+def test_gpu_backends_refuse_clearly_where_they_cannot_run(backend):
+    q, k, v = torch.randn(1, 4, 16, 16), torch.randn(1, 2, 16, 16), torch.randn(1, 2, 16, 16)
+    with pytest.raises(RuntimeError, match=rf"backend '{backend}' cannot run here: it needs .*'sdpa'"):
+        wf.window_prefill(q, k, v, [4, 4, 8, 8], 2, backend=backend)
+    with pytest.raises(ValueError, match="unknown window_prefill backend 'fa5'; valid: 'auto', 'cudnn'"):
+        wf.window_prefill(q, k, v, [4, 4, 8, 8], 2, backend="fa5")
+
+
+def test_block_sparse_tables_list_exactly_the_blocks_the_mask_touches():
+    """The (count, index) tables FA4's block-sparse kernel iterates (the one-launch path): per query
+    block the listed partial blocks and the listed full blocks are disjoint and together are every
+    key block the window-plus-sinks mask touches; full ones lie wholly inside it."""
+    from ctxflow.attention import flex
+
+    N, blk, sinks = 200, 32, 8
+    spans = torch.tensor([200, 5, 40, 77, 33, 1])
+    i, j = torch.arange(N)[:, None], torch.arange(N)[None]
+    dense = (j <= i)[None] & ((j < sinks)[None] | ((i - j)[None] < spans[:, None, None]))
+    pad = -N % blk
+    tiles = torch.nn.functional.pad(dense, (0, pad, 0, pad)).reshape(len(spans), 7, blk, 7, blk)
+    any_, full = flex.block_tables(spans, sinks, N, blk)
+    for B in (1, 3):
+        listed = []
+        for sel in (any_ & ~full, full):
+            cnt, idx = flex.pack_blocks(sel, B)
+            assert cnt.shape == (B, len(spans), 7) and idx.shape == (B, len(spans), 7, 7)
+            got = torch.zeros(B, len(spans), 7, 7, dtype=torch.bool)
+            for b, h, m in torch.cartesian_prod(torch.arange(B), torch.arange(len(spans)), torch.arange(7)).tolist():
+                got[b, h, m, idx[b, h, m, : cnt[b, h, m]].long()] = True
+            listed.append(got)
+        partial, whole = listed
+        assert not (partial & whole).any()
+        assert torch.equal(partial | whole, tiles.any(4).any(2).expand(B, -1, -1, -1))
+        real = torch.nn.functional.pad(torch.ones(N, N, dtype=torch.bool), (0, pad, 0, pad)).reshape(7, blk, 7, blk)
+        inside = (tiles | ~real).all(4).all(2)  # every real pair of the tile visible
+        assert not (whole & ~inside).any()
