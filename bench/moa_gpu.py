@@ -312,6 +312,100 @@ def part_prefill(dev, small, lengths, variants):
     return rows
 
 
+# ---------------------------------------------------------------- whole-model prefill through transformers
+def _kernels_module():
+    """ctxflow.attention.kernels as a package module (it imports .rules/.window_flash relatively) without
+    running ctxflow/__init__ (which needs pydantic, absent on the GPU machine)."""
+    import types
+
+    if "ctxflow" not in sys.modules:
+        pkg = types.ModuleType("ctxflow")
+        pkg.__path__ = [str(ROOT / "ctxflow")]
+        sys.modules["ctxflow"] = pkg
+    import ctxflow.attention.kernels as kernels
+
+    return kernels
+
+
+def _attach(model, kernels, spans_per_layer, prefill):
+    """Fixed-span rules (alpha = span, beta = 0) on every layer, then the sparse backend."""
+    for m in kernels.attention_modules(model):
+        sp = spans_per_layer[m.layer_idx]
+        m._ctxflow_rules = kernels.LayerRules([float(x) for x in sp], [0.0] * len(sp), SINKS, prefill)
+    model.set_attn_implementation(kernels.register())
+
+
+def part_model(dev, small, N):
+    """LlamaForCausalLM (random weights, Llama-3-8B shapes) through transformers with ctxflow's attention
+    backend: (1) the kernel prefill path ("auto": window_flash) vs the masked-SDPA path, logits, 4 layers,
+    4k tokens, bf16 and fp32; (2) whole-model prefill time at N tokens (32 layers, bf16, batch 1):
+    dense SDPA vs MoA 50% / 25% on the kernel path (the masked path would need a 32 x N x N mask)."""
+    from transformers import LlamaForCausalLM
+
+    kernels = _kernels_module()
+    import ctxflow.attention.window_flash as wfk
+
+    probe = torch.empty(1, 1, 1, D, device=dev, dtype=torch.bfloat16)
+    res = {"auto_backend_bf16": wfk.pick_backend(probe) if dev == "cuda" else "masked (CPU)"}
+    cfg = llama_config(small)
+    n_chk = 512 if small else 4096
+    cfg_c = llama_config(small)
+    cfg_c.num_hidden_layers = 2 if small else 4
+    for dt in (torch.float32, torch.bfloat16):
+        torch.manual_seed(1)
+        torch.set_default_dtype(dt)
+        with torch.device(dev):
+            m = LlamaForCausalLM(cfg_c).eval()
+        torch.set_default_dtype(torch.float32)
+        x = torch.randint(0, cfg_c.vocab_size, (2, n_chk), device=dev)
+        spans = [synthetic_spans(0.25, n_chk, layer=i) for i in range(cfg_c.num_hidden_layers)]
+        with torch.inference_mode():
+            _attach(m, kernels, spans, "masked")
+            ref = m(input_ids=x).logits.float()
+            _attach(m, kernels, spans, "auto")
+            got = m(input_ids=x).logits.float()
+        tag = str(dt)[6:]
+        res[f"kernel_vs_masked_logits_rel_err_{tag}"] = rel(got, ref)
+        print(f"model check {tag}: kernel path vs masked logits rel err {res[f'kernel_vs_masked_logits_rel_err_{tag}']:.2e}")
+        del m, ref, got
+        peak_reset()
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    x = torch.randint(0, cfg.vocab_size, (1, N), device=dev)
+
+    def timed():
+        with torch.inference_mode():
+            model.model(input_ids=x)  # warm-up (FA4 / block tables compile and cache on first use)
+            sync()
+            ts = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                model.model(input_ids=x)
+                sync()
+                ts.append((time.perf_counter() - t0) * 1e3)
+        return sorted(ts)[1]
+
+    model.set_attn_implementation("sdpa")
+    res["N"] = N
+    res["dense_sdpa_ms"] = [timed()]
+    for dens in (0.5, 0.25):
+        spans = [synthetic_spans(dens, N, layer=i) for i in range(cfg.num_hidden_layers)]
+        _attach(model, kernels, spans, "auto")
+        res[f"moa{int(dens * 100)}_ms"] = timed()
+        model.set_attn_implementation("sdpa")
+        res["dense_sdpa_ms"].append(timed())
+    dm = sum(res["dense_sdpa_ms"]) / len(res["dense_sdpa_ms"])
+    for dp in (50, 25):
+        res[f"speedup_{dp}"] = dm / res[f"moa{dp}_ms"]
+    print("model prefill:", json.dumps(res))
+    del model
+    peak_reset()
+    return res
+
+
 # ---------------------------------------------------------------- decode attention step
 def part_decode(dev, small, N, B):
     torch.manual_seed(1)
@@ -516,6 +610,7 @@ def main():
     ap.add_argument("--lengths", default="8192,32768,65536")
     ap.add_argument("--prompt", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--model-length", type=int, default=32768, help="tokens of the whole-model prefill (--parts model)")
     ap.add_argument("--variants", default="default,tma,m128n128w8s2")
     ap.add_argument("--backends", default="", help="window_flash backends to time, comma list (default: all that load)")
     args = ap.parse_args()
@@ -551,6 +646,9 @@ def main():
     if "decode" in parts:
         RES["decode_attention"] = [part_decode(dev, args.small, n, b) for n, b in (((1024, 2),) if args.small else ((32768, 8), (8192, 32)))]
         save()
+    if "model" in parts:
+        RES["model_prefill"] = part_model(dev, args.small, 4096 if args.small else args.model_length)
+        save()
     if "loopcheck" in parts:
         RES["loopcheck"] = part_loopcheck(dev)
         save()
@@ -572,6 +670,11 @@ def main():
                       f"(band {r.get(f'window_{be}25_band_only_ms', 0):.2f})")
     for r in RES.get("decode_attention", []):
         print(f"decode attn N={r['N']} B={r['B']}: dense {r['dense_ms']:.3f} ms | moa50 {r['moa50_ms']:.3f} ({r['speedup_50']:.2f}x) | moa25 {r['moa25_ms']:.3f} ({r['speedup_25']:.2f}x)")
+    mp = RES.get("model_prefill")
+    if mp:
+        print(f"model prefill N={mp['N']}: dense {'/'.join(f'{x:.0f}' for x in mp['dense_sdpa_ms'])} ms | moa50 {mp['moa50_ms']:.0f} "
+              f"({mp['speedup_50']:.2f}x) | moa25 {mp['moa25_ms']:.0f} ({mp['speedup_25']:.2f}x) | logits rel err "
+              f"fp32 {mp['kernel_vs_masked_logits_rel_err_float32']:.1e} bf16 {mp['kernel_vs_masked_logits_rel_err_bfloat16']:.1e}")
     e = RES.get("e2e")
     if e:
         for k in ("dense_hf", "dense_static_own_loop", "moa50", "moa25"):

@@ -1,4 +1,4 @@
-"""CPU attention backend for elastic per-head windows, registered with transformers.
+"""Attention backend for elastic per-head windows, registered with transformers.
 
 ``register()`` adds the implementation ``"ctxflow_sparse"`` to transformers' ``AttentionInterface``
 and a mask function of the same name to ``AttentionMaskInterface`` (without the latter transformers
@@ -12,6 +12,10 @@ row's real length (cached + new keys, left padding excluded), distances are coun
 slots (equal to token distances under left padding). Grouped-query attention is kept: the
 ``(B, H_kv, K, D)`` keys are never expanded (``enable_gqa``). A module without rules (or with all
 heads at full window) runs plain masked SDPA.
+
+An unpadded prefill on CUDA (queries = keys, one rule set) skips the mask and runs
+:func:`window_flash.window_prefill` instead — FlashAttention-4's block-sparse kernel, cuDNN's band
+or FlexAttention, whichever loads (``apply_plan(..., prefill=)`` chooses; "masked" turns it off).
 
 :func:`apply_plan` attaches a plan's rules to every attention module of a model and switches
 ``config._attn_implementation``; :func:`remove_plan` undoes it.
@@ -31,11 +35,12 @@ NAME = "ctxflow_sparse"
 class LayerRules:
     """The rules of one layer as tensors: ``alpha``, ``beta`` (H,) float64 and ``sinks``."""
 
-    def __init__(self, alphas, betas, sinks: int):
+    def __init__(self, alphas, betas, sinks: int, prefill: str = "auto"):
         self.alpha = torch.as_tensor(alphas, dtype=torch.float64)  # (H,)
         self.beta = torch.as_tensor(betas, dtype=torch.float64)  # (H,)
         self.sinks = int(sinks)
         self.full = bool(((self.alpha == 0) & (self.beta >= 1)).all())
+        self.prefill = check_prefill(prefill)
 
     def spans(self, n: torch.Tensor) -> torch.Tensor:
         """(B, H) long spans for real lengths ``n`` (B,). Rules of shape (B, H) give each batch row its
@@ -45,6 +50,39 @@ class LayerRules:
         b = self.beta if self.beta.dim() == 2 else self.beta[None, :]
         s = torch.floor(a + b * n)  # (B, H)
         return torch.minimum(s.clamp(min=1), n).long()
+
+
+PREFILL_CHOICES = ("auto", "masked")  # or one of window_flash.BACKENDS (+ "torch")
+
+
+def check_prefill(prefill: str) -> str:
+    from .window_flash import BACKENDS
+
+    valid = PREFILL_CHOICES + BACKENDS + ("torch",)
+    if prefill not in valid:
+        raise ValueError(f"unknown prefill path {prefill!r}; valid: " + ", ".join(repr(v) for v in valid))
+    return prefill
+
+
+def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scaling):
+    """Prefill through :func:`window_flash.window_prefill` (one kernel per layer, no (B, H, N, N) mask)
+    when it applies, else None. It applies to a prefill from an empty cache (queries = keys) of an
+    unpadded batch under one rule set; ``rules.prefill``: "auto" uses it on CUDA only (FA4 / cuDNN /
+    FlexAttention, whichever loads), "masked" never, a window_flash backend name on any device."""
+    if rules.prefill == "masked" or (rules.prefill == "auto" and not query.is_cuda):
+        return None
+    Q, K = query.shape[2], key.shape[2]
+    if Q != K or rules.alpha.dim() != 1:
+        return None
+    if attention_mask is not None:
+        m = attention_mask[:, 0, -1, :K]  # the last query of each row sees every key iff no padding
+        if not bool((m if m.dtype == torch.bool else m == 0).all()):
+            return None
+    from .window_flash import window_prefill
+
+    spans = rules.spans(torch.tensor([K]))[0].tolist()
+    backend = "auto" if rules.prefill == "auto" else rules.prefill
+    return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=backend)
 
 
 def head_window_mask(rules: LayerRules, base: torch.Tensor, q_len: int) -> torch.Tensor:
@@ -77,6 +115,10 @@ def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     else:  # additive float mask (0 = attend)
         base = attention_mask[:, :, :, :K] == 0
     rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)
+    if rules is not None and not rules.full:
+        out = _window_prefill(rules, query, key, value, attention_mask, scaling)
+        if out is not None:
+            return out.transpose(1, 2).contiguous(), None
     mask = base if rules is None or rules.full else head_window_mask(rules, base, Q)
     mask = mask | ~mask.any(-1, keepdim=True)  # rows with nothing visible (pad queries): finite garbage, never read
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
@@ -118,14 +160,17 @@ def attention_modules(model) -> list:
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
-def apply_plan(model, plan: Plan) -> None:
-    """Attach ``plan``'s rules to every attention layer and switch the model to the sparse backend."""
+def apply_plan(model, plan: Plan, prefill: str = "auto") -> None:
+    """Attach ``plan``'s rules to every attention layer and switch the model to the sparse backend.
+    ``prefill``: how an unpadded prefill runs — "auto" (window_flash's fastest kernel on CUDA, the
+    masked SDPA below elsewhere), "masked" (always masked SDPA), or a window_flash backend name."""
     cfg = model.config
     plan.check_model(cfg.num_hidden_layers, cfg.num_attention_heads)
+    check_prefill(prefill)
     register()
     for m in attention_modules(model):
         rules = plan.rules[m.layer_idx]
-        m._ctxflow_rules = LayerRules([r.alpha for r in rules], [r.beta for r in rules], plan.sinks)
+        m._ctxflow_rules = LayerRules([r.alpha for r in rules], [r.beta for r in rules], plan.sinks, prefill)
     model.set_attn_implementation(NAME)
 
 

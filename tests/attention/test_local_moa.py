@@ -99,3 +99,45 @@ def test_quality_table_rows_are_paired_over_the_same_windows(llm, full_plan):
     assert rows["dense"]["ppl_vs_dense"] == 0 and rows["dense"]["log_ratio_se"] == 0
     assert rows["full"]["window_nll"] == pytest.approx(rows["dense"]["window_nll"], abs=1e-3) and rows["full"]["log_ratio_se"] < 1e-3
     assert rows["narrow"]["ppl_vs_dense"] > 0.01 and rows["narrow"]["log_ratio_se"] > 0
+
+
+@pytest.mark.parametrize("path", ["sdpa", "torch"])
+def test_kernel_prefill_path_equals_masked_sdpa_on_the_real_model(llm, path, monkeypatch):
+    """The prefill path that skips the (B, H, N, N) mask (window_flash; on a GPU FA4 / cuDNN / flex,
+    here its CPU backends, asked for by name) gives the masked backend's logits on an unpadded batch
+    under the bundled 50% plan; a padded batch falls back to the masked path (same logits exactly)."""
+    from ctxflow.attention import window_flash
+    from ctxflow.attention.kernels import apply_plan, remove_plan
+    from ctxflow.attention.rules import resolve_plan_path
+
+    calls = []
+    real = window_flash.window_prefill
+    monkeypatch.setattr(window_flash, "window_prefill", lambda *a, **k: calls.append(k["backend"]) or real(*a, **k))
+
+    model = llm.model
+    impl = model.config._attn_implementation
+    plan = Plan.load(resolve_plan_path("smollm2-135m-50"))
+    text = "In the beginning the Jargon File was a collection of terms from technical cultures. " * 30
+    ids = llm.encode(text)[:700]
+    x = torch.tensor([ids, ids[::-1]])  # two rows, no padding
+    mask = torch.ones_like(x)
+    mask[1, :50] = 0  # a left-padded variant of the batch
+    try:
+        with torch.inference_mode():
+            apply_plan(model, plan, prefill="masked")
+            ref = model(input_ids=x).logits
+            ref_pad = model(input_ids=x, attention_mask=mask).logits
+            assert calls == []
+            apply_plan(model, plan, prefill=path)
+            got = model(input_ids=x).logits
+            n_layers = len(calls)
+            got_pad = model(input_ids=x, attention_mask=mask).logits
+        assert n_layers == len(calls) and set(calls) == {path}  # every sparse layer once, none when padded
+        assert n_layers == sum(not all(r.alpha == 0 and r.beta >= 1 for r in layer) for layer in plan.rules) > 20
+        assert plan.rules[5][0].span(700) < 700  # the plan does cut far keys at this length
+        assert (got - ref).abs().max() < 1e-3 * ref.abs().max()
+        assert torch.equal(got_pad, ref_pad)
+        with pytest.raises(ValueError, match="unknown prefill path 'fa5'; valid: 'auto', 'masked'"):
+            apply_plan(model, plan, prefill="fa5")
+    finally:
+        remove_plan(model, impl)
