@@ -95,22 +95,22 @@ def _kv_slice(h0: int, h1: int, group: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- band: cuDNN frontend
-_CUDNN = None
 _CUDNN_HANDLES: dict = {}
 _CUDNN_GRAPHS: dict = {}
 
 
-def cudnn_frontend():
-    """The ``cudnn`` frontend module, or None when it is not installed or fails to load."""
-    global _CUDNN
-    if _CUDNN is None:
-        try:
-            import cudnn  # nvidia-cudnn-frontend (optional)
+@lru_cache(maxsize=None)
+def _optional(module: str):
+    """An optional module, or None when it is not installed or fails to load (tried once)."""
+    try:
+        return importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - any load failure means "not available"
+        return None
 
-            _CUDNN = cudnn
-        except Exception:  # noqa: BLE001 - any load failure means "not available"
-            _CUDNN = False
-    return _CUDNN or None
+
+def cudnn_frontend():
+    """The ``cudnn`` frontend module (pip ``nvidia-cudnn-frontend``, optional), or None."""
+    return _optional("cudnn")
 
 
 def _cudnn_handle(device: torch.device):
@@ -188,20 +188,9 @@ def _band_flash(q, k, v, o, lse, span, scale):
 
 
 # ---------------------------------------------------------------- FlashAttention-4 (CuTe DSL)
-_FA4 = None
-
-
 def fa4_interface():
-    """``flash_attn.cute.interface`` (pip ``flash-attn-4``, optional), or None when it does not load."""
-    global _FA4
-    if _FA4 is None:
-        try:
-            from flash_attn.cute import interface  # flash-attn-4 (optional)
-
-            _FA4 = interface
-        except Exception:  # noqa: BLE001 - any load failure means "not available"
-            _FA4 = False
-    return _FA4 or None
+    """``flash_attn.cute.interface`` (pip ``flash-attn-4``, optional), or None."""
+    return _optional("flash_attn.cute.interface")
 
 
 def fa4_available(q) -> bool:
