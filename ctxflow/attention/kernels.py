@@ -107,6 +107,11 @@ def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     Returns (B, Q, H, D) and no attention weights."""
     B, H, Q, D = query.shape
     K = key.shape[2]
+    rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)
+    if rules is not None and not rules.full:  # before any (Q, K) mask is built here
+        out = _window_prefill(rules, query, key, value, attention_mask, scaling)
+        if out is not None:
+            return out.transpose(1, 2).contiguous(), None
     if attention_mask is None:
         base = torch.ones(Q, K, dtype=torch.bool, device=query.device).tril(K - Q)[None, None]  # (1, 1, Q, K)
         base = base.expand(B, 1, Q, K)
@@ -114,11 +119,6 @@ def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         base = attention_mask[:, :, :, :K]
     else:  # additive float mask (0 = attend)
         base = attention_mask[:, :, :, :K] == 0
-    rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)
-    if rules is not None and not rules.full:
-        out = _window_prefill(rules, query, key, value, attention_mask, scaling)
-        if out is not None:
-            return out.transpose(1, 2).contiguous(), None
     mask = base if rules is None or rules.full else head_window_mask(rules, base, Q)
     mask = mask | ~mask.any(-1, keepdim=True)  # rows with nothing visible (pad queries): finite garbage, never read
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
