@@ -168,6 +168,6 @@ def quality_table(backends: dict[str, Any], length: int = 1024, n_windows: int =
         for r in rows.values():
             r["ppl_vs_dense"] = r["perplexity"] / dense["perplexity"] - 1
             # paired over windows: the standard error of the mean log-ratio (how much of a gap the window draw explains)
-            d = torch.tensor(r["window_nll"], dtype=torch.float64) - torch.tensor(dense["window_nll"], dtype=torch.float64)
-            r["log_ratio_se"] = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else None
+            _, se = paired_gain(torch.tensor(r["window_nll"], dtype=torch.float64), torch.tensor(dense["window_nll"], dtype=torch.float64))
+            r["log_ratio_se"] = se if len(r["window_nll"]) > 1 else None
     return {"length": length, "n_windows": n_windows, "n_keys": n_keys, "passkey_depth": list(depth), "retrieval_length": rlen, "rows": rows}

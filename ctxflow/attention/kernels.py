@@ -81,8 +81,7 @@ def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scalin
     from .window_flash import window_prefill
 
     spans = rules.spans(torch.tensor([K]))[0].tolist()
-    backend = "auto" if rules.prefill == "auto" else rules.prefill
-    return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=backend)
+    return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=rules.prefill)
 
 
 def head_window_mask(rules: LayerRules, base: torch.Tensor, q_len: int) -> torch.Tensor:

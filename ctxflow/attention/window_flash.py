@@ -235,7 +235,7 @@ def _fa4_block_tables(spans: tuple[int, ...], sinks: int, n: int, batch: int, de
     full_cnt, full_idx = flex.pack_blocks(full, batch)
     tensors = fa4.BlockSparseTensorsTorch(mask_block_cnt=mask_cnt, mask_block_idx=mask_idx, full_block_cnt=full_cnt,
                                           full_block_idx=full_idx, block_size=(block, block))
-    return tensors, st.to(torch.int32)
+    return tensors, _spans_tensor(spans, device)
 
 
 def fa4_sparse_prefill(q, k, v, spans, sinks: int, scale: float):
@@ -421,11 +421,11 @@ def pick_backend(q) -> str:
     return "flex" if q.is_cuda else "sdpa"
 
 
+_FA4_NEEDS = (fa4_available, "the optional package flash-attn-4, a CUDA GPU of compute capability 9.x/10.x "
+                             "and fp16/bf16 inputs of head dim 64, 96 or 128")
 _NEEDS = {
-    "fa4sparse": (fa4_available, "the optional package flash-attn-4, a CUDA GPU of compute capability 9.x/10.x "
-                                 "and fp16/bf16 inputs of head dim 64, 96 or 128"),
-    "fa4": (fa4_available, "the optional package flash-attn-4, a CUDA GPU of compute capability 9.x/10.x "
-                           "and fp16/bf16 inputs of head dim 64, 96 or 128"),
+    "fa4sparse": _FA4_NEEDS,
+    "fa4": _FA4_NEEDS,
     "cudnn": (cudnn_available, "the optional package nvidia-cudnn-frontend, a CUDA GPU and fp16/bf16 inputs"),
     "flash": (flash_available, "a CUDA GPU and fp16/bf16 inputs of head dim <= 256"),
 }
@@ -462,8 +462,9 @@ def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto"
     sinks = max(0, int(sinks))
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if backend == "auto":
-        backend = pick_backend(q)
-    _check_backend(backend, q)
+        backend = pick_backend(q)  # runs here by construction
+    else:
+        _check_backend(backend, q)
     if backend == "sdpa":
         return sdpa_prefill(q, k, v, spans, sinks, scale)
     if backend == "fa4sparse":
