@@ -1,6 +1,6 @@
 """MoA on the GPU, side by side with dense attention, in one run (see bench/results/moa_gpu_notes.md).
 
-    python bench/moa_gpu.py [--parts check,prefill,decode,e2e] [--small]  (writes $OUT/moa_gpu.json)
+    python bench/moa_gpu.py [--parts check,prefill,decode,e2e,model,padded] [--small]  (writes $OUT/moa_gpu.json)
 
 Shapes are Llama-3-8B's (32 layers, 32 query heads, 8 KV heads, head dim 128, bf16); the weights
 are random (timing only). The MoA plans are synthetic but shaped like searched ones: per layer two
@@ -359,15 +359,21 @@ def part_model(dev, small, N):
         torch.set_default_dtype(torch.float32)
         x = torch.randint(0, cfg_c.vocab_size, (2, n_chk), device=dev)
         spans = [synthetic_spans(0.25, n_chk, layer=i) for i in range(cfg_c.num_hidden_layers)]
+        am = torch.ones_like(x)
+        am[1, : n_chk // 3] = 0  # a left-padded batch (row 1: 2/3 real tokens)
         with torch.inference_mode():
             _attach(m, kernels, spans, "masked")
             ref = m(input_ids=x).logits.float()
+            ref_pad = m(input_ids=x, attention_mask=am).logits.float()
             _attach(m, kernels, spans, "auto")
             got = m(input_ids=x).logits.float()
+            got_pad = m(input_ids=x, attention_mask=am).logits.float()
         tag = str(dt)[6:]
         res[f"kernel_vs_masked_logits_rel_err_{tag}"] = rel(got, ref)
-        print(f"model check {tag}: kernel path vs masked logits rel err {res[f'kernel_vs_masked_logits_rel_err_{tag}']:.2e}")
-        del m, ref, got
+        res[f"kernel_vs_masked_logits_rel_err_padded_{tag}"] = rel(got_pad[am.bool()], ref_pad[am.bool()])
+        print(f"model check {tag}: kernel path vs masked logits rel err {res[f'kernel_vs_masked_logits_rel_err_{tag}']:.2e}, "
+              f"left-padded batch (real positions) {res[f'kernel_vs_masked_logits_rel_err_padded_{tag}']:.2e}")
+        del m, ref, got, ref_pad, got_pad
         peak_reset()
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
@@ -404,6 +410,84 @@ def part_model(dev, small, N):
     del model
     peak_reset()
     return res
+
+
+def part_padded(dev, small, lengths):
+    """A left-padded batch (what batched generation builds: 4 rows of N, ~3N/4, ~N/2, ~N/4 real tokens)
+    through ``kernels.sparse_sdpa``, one attention layer of the 8B shape, bf16: the kernel prefill path
+    (window_flash once per group of rows of equal real length) vs the masked path ((B, H, N, N) mask)
+    and dense SDPA as transformers runs a padded batch ((B, 1, N, N) mask), plus dense causal SDPA per row
+    over its real tokens (a dense implementation that unpads). Time and peak memory; real positions
+    of the kernel path vs the masked path where that fits."""
+    kernels = _kernels_module()
+    total = torch.cuda.get_device_properties(0).total_memory if dev == "cuda" else 8 * 2**30
+    rows = []
+
+    class _Mod:
+        pass
+
+    for N in lengths:
+        torch.manual_seed(N)
+        B = 4
+        real = [N, 3 * N // 4 - 37, N // 2 - 5, N // 4 + 11]
+        q = torch.randn(B, H, N, D, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(B, HKV, N, D, device=dev, dtype=torch.bfloat16)
+        v = torch.randn(B, HKV, N, D, device=dev, dtype=torch.bfloat16)
+        valid = torch.arange(N, device=dev)[None, :] >= torch.tensor([N - n for n in real], device=dev)[:, None]  # (B, N)
+        i = torch.arange(N, device=dev)
+        mask = ((i[None, :] <= i[:, None])[None] & valid[:, None, :] & valid[:, :, None])[:, None]  # (B, 1, N, N)
+        row = {"N": N, "B": B, "real_lengths": real, "real_tokens": sum(real)}
+        wb = dict(warm=10, rep=max(100, N // 64))
+
+        def dense_hf():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+        def dense_rows():
+            for b, n in enumerate(real):
+                kb, vb = k[b:b + 1, :, N - n:].repeat_interleave(H // HKV, 1), v[b:b + 1, :, N - n:].repeat_interleave(H // HKV, 1)
+                dense_sdpa(q[b:b + 1, :, N - n:], kb, vb)
+
+        for name, fn in (("dense_padded_mask", dense_hf), ("dense_per_row", dense_rows)):
+            peak_reset()
+            base = torch.cuda.memory_allocated() / 2**30 if dev == "cuda" else 0.0
+            row[f"{name}_ms"] = bench(fn, **wb)
+            row[f"{name}_peak_extra_gb"] = peak_gb() - base
+        outs = {}
+        for dens in (0.5, 0.25):
+            dp = int(dens * 100)
+            spans = [max(s, 1) for s in synthetic_spans(dens, N, layer=0)]
+            for path in ("auto", "masked"):
+                m = _Mod()
+                m._ctxflow_rules = kernels.LayerRules([float(x) for x in spans], [0.0] * H, SINKS, path)
+                need = B * H * N * N  # bytes of the (B, H, N, N) bool mask
+                if path == "masked" and need > 0.4 * total:
+                    row[f"moa{dp}_{path}_ms"] = None
+                    row[f"moa{dp}_{path}_note"] = f"does not fit: the (B, H, N, N) mask alone is {need / 2**30:.0f} GiB"
+                    continue
+                peak_reset()
+                base = torch.cuda.memory_allocated() / 2**30 if dev == "cuda" else 0.0
+                try:
+                    row[f"moa{dp}_{path}_ms"] = bench(lambda: kernels.sparse_sdpa(m, q, k, v, mask), **wb)
+                    row[f"moa{dp}_{path}_peak_extra_gb"] = peak_gb() - base
+                    if N <= 16384:
+                        outs[path] = kernels.sparse_sdpa(m, q, k, v, mask)[0]  # (B, N, H, D)
+                except torch.cuda.OutOfMemoryError:
+                    row[f"moa{dp}_{path}_ms"] = None
+                    row[f"moa{dp}_{path}_note"] = "out of memory"
+            if len(outs) == 2:
+                sel = valid  # (B, N) real query positions
+                row[f"moa{dp}_kernel_vs_masked_rel_err"] = rel(outs["auto"][sel].float(), outs["masked"][sel].float())
+            outs.clear()
+            for ref in ("dense_padded_mask", "dense_per_row"):
+                if row.get(f"moa{dp}_auto_ms"):
+                    row[f"speedup_{dp}_vs_{ref}"] = row[f"{ref}_ms"] / row[f"moa{dp}_auto_ms"]
+            if row.get(f"moa{dp}_masked_ms"):
+                row[f"speedup_{dp}_vs_masked_path"] = row[f"moa{dp}_masked_ms"] / row[f"moa{dp}_auto_ms"]
+        print("padded:", json.dumps(row))
+        rows.append(row)
+        del q, k, v, mask
+        peak_reset()
+    return rows
 
 
 # ---------------------------------------------------------------- decode attention step
@@ -649,6 +733,9 @@ def main():
     if "model" in parts:
         RES["model_prefill"] = part_model(dev, args.small, 4096 if args.small else args.model_length)
         save()
+    if "padded" in parts:
+        RES["padded_prefill"] = part_padded(dev, args.small, [int(x) for x in args.lengths.split(",")])
+        save()
     if "loopcheck" in parts:
         RES["loopcheck"] = part_loopcheck(dev)
         save()
@@ -675,6 +762,12 @@ def main():
         print(f"model prefill N={mp['N']}: dense {'/'.join(f'{x:.0f}' for x in mp['dense_sdpa_ms'])} ms | moa50 {mp['moa50_ms']:.0f} "
               f"({mp['speedup_50']:.2f}x) | moa25 {mp['moa25_ms']:.0f} ({mp['speedup_25']:.2f}x) | logits rel err "
               f"fp32 {mp['kernel_vs_masked_logits_rel_err_float32']:.1e} bf16 {mp['kernel_vs_masked_logits_rel_err_bfloat16']:.1e}")
+    for r in RES.get("padded_prefill", []):
+        print(f"padded prefill N={r['N']} B={r['B']}: dense mask {r['dense_padded_mask_ms']:.2f} ms | dense per row "
+              f"{r['dense_per_row_ms']:.2f} | " + " | ".join(
+                  f"moa{dp} kernel {r[f'moa{dp}_auto_ms']:.2f} masked {r[f'moa{dp}_masked_ms'] or float('nan'):.2f} "
+                  f"(x{r.get(f'speedup_{dp}_vs_dense_per_row', 0):.2f} vs dense per row, err {r.get(f'moa{dp}_kernel_vs_masked_rel_err', float('nan')):.1e})"
+                  for dp in (50, 25)))
     e = RES.get("e2e")
     if e:
         for k in ("dense_hf", "dense_static_own_loop", "moa50", "moa25"):

@@ -13,9 +13,10 @@ slots (equal to token distances under left padding). Grouped-query attention is 
 ``(B, H_kv, K, D)`` keys are never expanded (``enable_gqa``). A module without rules (or with all
 heads at full window) runs plain masked SDPA.
 
-An unpadded prefill on CUDA (queries = keys, one rule set) skips the mask and runs
-:func:`window_flash.window_prefill` instead — FlashAttention-4's block-sparse kernel, cuDNN's band
-or FlexAttention, whichever loads (``apply_plan(..., prefill=)`` chooses; "masked" turns it off).
+A prefill on CUDA (queries = keys, one rule set, unpadded or left-padded) skips the mask and runs
+:func:`window_flash.window_prefill` instead, once per group of rows of equal real length —
+FlashAttention-4's block-sparse kernel, cuDNN's band or FlexAttention, whichever loads
+(``apply_plan(..., prefill=)`` chooses; "masked" turns it off).
 
 :func:`apply_plan` attaches a plan's rules to every attention module of a model and switches
 ``config._attn_implementation``; :func:`remove_plan` undoes it.
@@ -65,23 +66,41 @@ def check_prefill(prefill: str) -> str:
 
 
 def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scaling):
-    """Prefill through :func:`window_flash.window_prefill` (one kernel per layer, no (B, H, N, N) mask)
-    when it applies, else None. It applies to a prefill from an empty cache (queries = keys) of an
-    unpadded batch under one rule set; ``rules.prefill``: "auto" uses it on CUDA only (FA4 / cuDNN /
-    FlexAttention, whichever loads), "masked" never, a window_flash backend name on any device."""
+    """Prefill through :func:`window_flash.window_prefill` (no (B, H, N, N) mask) when it applies, else
+    None. It applies to a prefill from an empty cache (queries = keys) under one rule set, unpadded or
+    left-padded (each row's real tokens a suffix: what batched generation builds): rows of equal real
+    length run as one kernel call over their real tokens, with the spans of that length; pad queries
+    get zeros (never read). Other masks (right padding, holes) keep the masked path. ``rules.prefill``:
+    "auto" uses it on CUDA only (FA4 / cuDNN / FlexAttention, whichever loads), "masked" never, a
+    window_flash backend name on any device."""
     if rules.prefill == "masked" or (rules.prefill == "auto" and not query.is_cuda):
         return None
     Q, K = query.shape[2], key.shape[2]
     if Q != K or rules.alpha.dim() != 1:
         return None
-    if attention_mask is not None:
-        m = attention_mask[:, 0, -1, :K]  # the last query of each row sees every key iff no padding
-        if not bool((m if m.dtype == torch.bool else m == 0).all()):
-            return None
     from .window_flash import window_prefill
 
-    spans = rules.spans(torch.tensor([K]))[0].tolist()
-    return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=rules.prefill)
+    if attention_mask is None:
+        n_real = [K] * query.shape[0]
+    else:
+        m = attention_mask[:, 0, -1, :K]  # what the last query sees: every real key of its row
+        real = m if m.dtype == torch.bool else m == 0
+        n = real.sum(-1)  # (B,)
+        if not torch.equal(real, torch.arange(K, device=real.device)[None, :] >= (K - n)[:, None]):
+            return None  # not left padding
+        n_real = n.tolist()
+    if all(x == K for x in n_real):
+        spans = rules.spans(torch.tensor([K]))[0].tolist()
+        return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=rules.prefill)
+    out = query.new_zeros(query.shape)  # (B, H, K, D)
+    for length in sorted(set(n_real) - {0}):
+        rows = [b for b, x in enumerate(n_real) if x == length]
+        sel = slice(rows[0], rows[0] + 1) if len(rows) == 1 else torch.tensor(rows, device=query.device)
+        p = K - length
+        spans = rules.spans(torch.tensor([length]))[0].tolist()
+        out[sel, :, p:] = window_prefill(query[sel, :, p:], key[sel, :, p:], value[sel, :, p:], spans, rules.sinks,
+                                         scale=scaling, backend=rules.prefill)
+    return out
 
 
 def head_window_mask(rules: LayerRules, base: torch.Tensor, q_len: int) -> torch.Tensor:

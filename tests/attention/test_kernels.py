@@ -35,18 +35,19 @@ class _Mod:
     pass
 
 
+@pytest.mark.parametrize("prefill", ["masked", "torch", "sdpa"])  # the (B, H, Q, K) mask or window_flash per real length
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 1e-2)])
-def test_sparse_sdpa_matches_float64_reference(dtype, tol):
+def test_sparse_sdpa_matches_float64_reference(dtype, tol, prefill):
     torch.manual_seed(torch.seed() % 2**31)  # fresh inputs every run
-    B, H, Hkv, K, D, sinks = 3, 6, 2, 40, 16, 3
-    lens = [40, 23, 7]  # ragged rows, left padded
+    B, H, Hkv, K, D, sinks = 4, 6, 2, 40, 16, 3
+    lens = [40, 23, 7, 23]  # ragged rows, left padded (two of equal length)
     valid = torch.zeros(B, K, dtype=torch.bool)
     for b, n in enumerate(lens):
         valid[b, K - n:] = True
     alphas = [0, 4, -5, 2, 0, 10]
     betas = [1, 0.1, 0.5, 0.0, 0.25, 0.2]
     m = _Mod()
-    m._ctxflow_rules = LayerRules(alphas, betas, sinks)
+    m._ctxflow_rules = LayerRules(alphas, betas, sinks, prefill)
     spans = [lambda n, a=a, b=b_: math.floor(a + b * n) for a, b_ in zip(alphas, betas)]
     for Q in (K, 1):  # prefill and a decode step
         q = torch.randn(B, H, Q, D).to(dtype)

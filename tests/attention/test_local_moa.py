@@ -104,39 +104,52 @@ def test_quality_table_rows_are_paired_over_the_same_windows(llm, full_plan):
 @pytest.mark.parametrize("path", ["sdpa", "torch"])
 def test_kernel_prefill_path_equals_masked_sdpa_on_the_real_model(llm, path, monkeypatch):
     """The prefill path that skips the (B, H, N, N) mask (window_flash; on a GPU FA4 / cuDNN / flex,
-    here its CPU backends, asked for by name) gives the masked backend's logits on an unpadded batch
-    under the bundled 50% plan; a padded batch falls back to the masked path (same logits exactly)."""
+    here its CPU backends, asked for by name) gives the masked backend's logits under the bundled 50%
+    plan: on an unpadded batch (one call per sparse layer), on a left-padded batch (one call per
+    layer and real length, real positions compared), while a right-padded batch falls back to the
+    masked path (same logits exactly)."""
     from ctxflow.attention import window_flash
     from ctxflow.attention.kernels import apply_plan, remove_plan
     from ctxflow.attention.rules import resolve_plan_path
 
     calls = []
     real = window_flash.window_prefill
-    monkeypatch.setattr(window_flash, "window_prefill", lambda *a, **k: calls.append(k["backend"]) or real(*a, **k))
+    monkeypatch.setattr(window_flash, "window_prefill", lambda *a, **k: calls.append((k["backend"], tuple(a[0].shape[:3]))) or real(*a, **k))
 
     model = llm.model
     impl = model.config._attn_implementation
     plan = Plan.load(resolve_plan_path("smollm2-135m-50"))
-    text = "In the beginning the Jargon File was a collection of terms from technical cultures. " * 30
+    text = "In the beginning the Jargon File was a collection of terms from technical cultures. " * 50
     ids = llm.encode(text)[:700]
-    x = torch.tensor([ids, ids[::-1]])  # two rows, no padding
-    mask = torch.ones_like(x)
-    mask[1, :50] = 0  # a left-padded variant of the batch
+    assert len(ids) == 700
+    x = torch.tensor([ids, ids[::-1], ids[3:] + ids[:3]])  # three rows, no padding
+    left = torch.ones_like(x)
+    left[1, :50] = 0  # left-padded: rows 0 and 2 have 700 real tokens, row 1 has 650
+    right = torch.ones_like(x)
+    right[1, -50:] = 0
     try:
         with torch.inference_mode():
             apply_plan(model, plan, prefill="masked")
             ref = model(input_ids=x).logits
-            ref_pad = model(input_ids=x, attention_mask=mask).logits
+            ref_left = model(input_ids=x, attention_mask=left).logits
+            ref_right = model(input_ids=x, attention_mask=right).logits
             assert calls == []
             apply_plan(model, plan, prefill=path)
             got = model(input_ids=x).logits
             n_layers = len(calls)
-            got_pad = model(input_ids=x, attention_mask=mask).logits
-        assert n_layers == len(calls) and set(calls) == {path}  # every sparse layer once, none when padded
+            assert {c for c in calls} == {(path, (3, 9, 700))}
+            del calls[:]
+            got_left = model(input_ids=x, attention_mask=left).logits
+            assert len(calls) == 2 * n_layers and set(calls) == {(path, (2, 9, 700)), (path, (1, 9, 650))}
+            del calls[:]
+            got_right = model(input_ids=x, attention_mask=right).logits
+        assert calls == [] and torch.equal(got_right, ref_right)  # masked path, nothing else
         assert n_layers == sum(not all(r.alpha == 0 and r.beta >= 1 for r in layer) for layer in plan.rules) > 20
         assert plan.rules[5][0].span(700) < 700  # the plan does cut far keys at this length
         assert (got - ref).abs().max() < 1e-3 * ref.abs().max()
-        assert torch.equal(got_pad, ref_pad)
+        for r, p0 in ((0, 0), (1, 50), (2, 0)):  # real positions of the left-padded batch
+            assert (got_left[r, p0:] - ref_left[r, p0:]).abs().max() < 1e-3 * ref_left[r, p0:].abs().max()
+        assert (got_left[1, 50:] - got[1, 50:]).abs().max() > 1e-2  # padding changed row 1 (windows count real tokens)
         with pytest.raises(ValueError, match="unknown prefill path 'fa5'; valid: 'auto', 'masked'"):
             apply_plan(model, plan, prefill="fa5")
     finally:
