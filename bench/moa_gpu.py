@@ -474,6 +474,12 @@ def part_padded(dev, small, lengths):
                 except torch.cuda.OutOfMemoryError:
                     row[f"moa{dp}_{path}_ms"] = None
                     row[f"moa{dp}_{path}_note"] = "out of memory"
+            if dev == "cuda":  # the kernels alone, one call per row over its real tokens (no mask, no output buffer)
+                def rows_only():
+                    for b, n in enumerate(real):
+                        wf_m.window_prefill(q[b:b + 1, :, N - n:], k[b:b + 1, :, N - n:], v[b:b + 1, :, N - n:],
+                                            [max(1, min(n, s)) for s in spans], SINKS)
+                row[f"moa{dp}_rows_kernel_only_ms"] = bench(rows_only, **wb)
             if len(outs) == 2:
                 sel = valid  # (B, N) real query positions
                 row[f"moa{dp}_kernel_vs_masked_rel_err"] = rel(outs["auto"][sel].float(), outs["masked"][sel].float())

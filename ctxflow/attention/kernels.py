@@ -92,15 +92,24 @@ def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scalin
     if all(x == K for x in n_real):
         spans = rules.spans(torch.tensor([K]))[0].tolist()
         return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=rules.prefill)
-    out = query.new_zeros(query.shape)  # (B, H, K, D)
+    B, H, _, D = query.shape
+    out = query.new_empty(B, K, H, D)  # the layout sparse_sdpa returns: no copy after the kernels
+    for b, x in enumerate(n_real):
+        out[b, : K - x] = 0  # pad queries (never read)
     for length in sorted(set(n_real) - {0}):
         rows = [b for b, x in enumerate(n_real) if x == length]
-        sel = slice(rows[0], rows[0] + 1) if len(rows) == 1 else torch.tensor(rows, device=query.device)
         p = K - length
         spans = rules.spans(torch.tensor([length]))[0].tolist()
-        out[sel, :, p:] = window_prefill(query[sel, :, p:], key[sel, :, p:], value[sel, :, p:], spans, rules.sinks,
-                                         scale=scaling, backend=rules.prefill)
-    return out
+        if len(rows) == 1:  # a view: the kernel writes into out directly
+            b = rows[0]
+            window_prefill(query[b:b + 1, :, p:], key[b:b + 1, :, p:], value[b:b + 1, :, p:], spans, rules.sinks,
+                           scale=scaling, backend=rules.prefill, out=out[b:b + 1, p:])
+        else:
+            idx = torch.tensor(rows, device=query.device)
+            res = window_prefill(query[idx, :, p:], key[idx, :, p:], value[idx, :, p:], spans, rules.sinks,
+                                 scale=scaling, backend=rules.prefill)
+            out[idx, p:] = res.transpose(1, 2)
+    return out.transpose(1, 2)  # (B, H, K, D) view
 
 
 def head_window_mask(rules: LayerRules, base: torch.Tensor, q_len: int) -> torch.Tensor:

@@ -238,12 +238,13 @@ def _fa4_block_tables(spans: tuple[int, ...], sinks: int, n: int, batch: int, de
     return tensors, _spans_tensor(spans, device)
 
 
-def fa4_sparse_prefill(q, k, v, spans, sinks: int, scale: float):
+def fa4_sparse_prefill(q, k, v, spans, sinks: int, scale: float, out=None):
     """Window plus sinks in ONE FA4 launch: block-sparse iteration over the blocks the mask touches
-    (full blocks unmasked, partial ones through the ``mask_mod``), the sink keys inside the loop."""
+    (full blocks unmasked, partial ones through the ``mask_mod``), the sink keys inside the loop.
+    ``out``: a (B, N, H, D) tensor to write into (else a new one)."""
     B, H, n, D = q.shape
     tensors, spans_t = _fa4_block_tables(tuple(spans), sinks, n, B, str(q.device))
-    out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype)
+    out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype) if out is None else out
     fa4_interface()._flash_attn_fwd(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=float(scale), causal=False,
         mask_mod=_fa4_mask_mod(int(sinks)), aux_tensors=[spans_t], block_sparse_tensors=tensors,
@@ -444,12 +445,14 @@ def _check_backend(backend: str, q) -> None:
                            f"(got {q.dtype} on {q.device}); backend='auto' picks {pick_backend(q)!r}")
 
 
-def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto", merge: str = "auto"):
+def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto", merge: str = "auto", out=None):
     """Causal attention with per-head windows plus sinks.
 
     q (B, H, N, D), k/v (B, H_kv, N, D) (any strides with a unit last one); spans: H ints (a list,
     tuple or tensor), each query head's window at this length; ``sinks`` first keys always visible.
-    Returns (B, H, N, D) (a view of (B, N, H, D) memory on the band-kernel paths).
+    Returns (B, H, N, D) (a view of (B, N, H, D) memory on the band-kernel paths). ``out``: a
+    (B, N, H, D) tensor (unit last stride) the result is written into (the FA4 and band kernels write
+    there directly); the return value is then ``out.transpose(1, 2)``.
     ``backend``: "auto" | "fa4sparse" | "fa4" | "cudnn" | "flash" | "flex" | "sdpa" (| "torch": the band
     decomposition in plain torch, a CPU test path); ``merge``: "auto" | "triton" | "torch".
     """
@@ -465,14 +468,21 @@ def window_prefill(q, k, v, spans, sinks: int, scale=None, backend: str = "auto"
         backend = pick_backend(q)  # runs here by construction
     else:
         _check_backend(backend, q)
-    if backend == "sdpa":
-        return sdpa_prefill(q, k, v, spans, sinks, scale)
+    if out is not None:
+        assert out.shape == (B, n, H, D) and out.stride(-1) == 1, "out must be (B, N, H, D) with a unit last stride"
     if backend == "fa4sparse":
-        return fa4_sparse_prefill(q, k, v, spans, sinks, scale)
-    if backend == "flex":
-        return _flex_module().sparse_prefill(q, k, v, list(spans), sinks, scale=scale, compiled=q.is_cuda)
+        return fa4_sparse_prefill(q, k, v, spans, sinks, scale, out=out)
+    if backend in ("sdpa", "flex"):
+        res = sdpa_prefill(q, k, v, spans, sinks, scale) if backend == "sdpa" else \
+            _flex_module().sparse_prefill(q, k, v, list(spans), sinks, scale=scale, compiled=q.is_cuda)
+        if out is None:
+            return res
+        out.copy_(res.transpose(1, 2))
+        return out.transpose(1, 2)
     band = {"cudnn": _band_cudnn, "flash": _band_flash, "fa4": _band_fa4, "torch": _band_sdpa}[backend]
-    out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, N, D) view
+    if out is None:
+        out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype)
+    out = out.transpose(1, 2)  # (B, H, N, D) view
     lse = torch.empty(B, H, n, 1, device=q.device, dtype=torch.float32)
     for h0, h1, s in head_runs(spans, n, group):
         k0, k1 = _kv_slice(h0, h1, group)
