@@ -23,6 +23,7 @@ FlashAttention-4's block-sparse kernel, cuDNN's band or FlexAttention, whichever
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -80,15 +81,9 @@ def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scalin
         return None
     from .window_flash import window_prefill
 
-    if attention_mask is None:
-        n_real = [K] * query.shape[0]
-    else:
-        m = attention_mask[:, 0, -1, :K]  # what the last query sees: every real key of its row
-        real = m if m.dtype == torch.bool else m == 0
-        n = real.sum(-1)  # (B,)
-        if not torch.equal(real, torch.arange(K, device=real.device)[None, :] >= (K - n)[:, None]):
-            return None  # not left padding
-        n_real = n.tolist()
+    n_real = [K] * query.shape[0] if attention_mask is None else _left_padded_lengths(attention_mask, K)
+    if n_real is None:
+        return None  # not left padding
     if all(x == K for x in n_real):
         spans = rules.spans(torch.tensor([K]))[0].tolist()
         return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=rules.prefill)
@@ -110,6 +105,29 @@ def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scalin
                                  scale=scaling, backend=rules.prefill)
             out[idx, p:] = res.transpose(1, 2)
     return out.transpose(1, 2)  # (B, H, K, D) view
+
+
+_LENGTHS: dict = {}  # the last mask's real lengths: every layer of a forward gets the same mask tensor
+
+
+def _left_padded_lengths(attention_mask, K: int) -> list[int] | None:
+    """Real length of each row when every row's real keys are a suffix (left padding), else None.
+    Read from what the last query sees; remembered for the same mask object (one GPU sync per forward,
+    not per layer)."""
+    try:
+        version = attention_mask._version
+    except RuntimeError:  # inference tensors keep no version counter (nor can they change outside inference mode)
+        version = None
+    hit = _LENGTHS.get("last")
+    if hit is not None and hit[0]() is attention_mask and hit[1:3] == (version, K):
+        return hit[3]
+    m = attention_mask[:, 0, -1, :K]
+    real = m if m.dtype == torch.bool else m == 0
+    n = real.sum(-1)  # (B,)
+    ok = torch.equal(real, torch.arange(K, device=real.device)[None, :] >= (K - n)[:, None])
+    lengths = n.tolist() if ok else None
+    _LENGTHS["last"] = (weakref.ref(attention_mask), version, K, lengths)
+    return lengths
 
 
 def head_window_mask(rules: LayerRules, base: torch.Tensor, q_len: int) -> torch.Tensor:
