@@ -111,9 +111,9 @@ _LENGTHS: dict = {}  # the last mask's real lengths: every layer of a forward ge
 
 
 def _left_padded_lengths(attention_mask, K: int) -> list[int] | None:
-    """Real length of each row when every row's real keys are a suffix (left padding), else None.
-    Read from what the last query sees; remembered for the same mask object (one GPU sync per forward,
-    not per layer)."""
+    """Real length of each row when the mask is causal + left padding (every row's real keys a suffix,
+    every real query seeing all earlier real keys), else None. Remembered for the same mask object
+    (one check per forward, not per layer)."""
     try:
         version = attention_mask._version
     except RuntimeError:  # inference tensors keep no version counter (nor can they change outside inference mode)
@@ -125,6 +125,11 @@ def _left_padded_lengths(attention_mask, K: int) -> list[int] | None:
     real = m if m.dtype == torch.bool else m == 0
     n = real.sum(-1)  # (B,)
     ok = torch.equal(real, torch.arange(K, device=real.device)[None, :] >= (K - n)[:, None])
+    if ok:  # and nothing but causal + padding: n(n+1)/2 visible pairs per row (packed sequences,
+        # sliding or chunked windows, prefix-LM masks show up here and keep the masked path)
+        full = attention_mask[:, 0, :, :K]
+        count = (full if full.dtype == torch.bool else full == 0).sum((-1, -2))
+        ok = torch.equal(count, n * (n + 1) // 2) and attention_mask.shape[2] == K
     lengths = n.tolist() if ok else None
     _LENGTHS["last"] = (weakref.ref(attention_mask), version, K, lengths)
     return lengths
@@ -150,6 +155,9 @@ def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     """transformers attention function. query (B, H, Q, D), key/value (B, H_kv, K, D),
     attention_mask (B, 1, Q, K) bool (True = attend) or None (plain causal).
     Returns (B, Q, H, D) and no attention weights."""
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise ValueError("ctxflow's sparse attention backend supports neither attention logit soft-capping nor "
+                         "learned sink logits (s_aux); use attention type 'dense' for this model")
     B, H, Q, D = query.shape
     K = key.shape[2]
     rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)
@@ -205,6 +213,19 @@ def attention_modules(model) -> list:
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
+def check_supported(model) -> None:
+    """Refuse models whose attention computes something this backend would silently drop: logit
+    soft-capping (Gemma 2) and learned per-head sink logits (gpt-oss)."""
+    for m in attention_modules(model):
+        if getattr(m, "attn_logit_softcapping", None) is not None:
+            raise ValueError(f"{type(model).__name__} caps its attention logits (attn_logit_softcapping="
+                             f"{m.attn_logit_softcapping}), which ctxflow's sparse attention backend does not do: "
+                             "use attention type 'dense' for this model")
+        if torch.is_tensor(getattr(m, "sinks", None)):
+            raise ValueError(f"{type(model).__name__} has learned attention-sink logits per head (gpt-oss style), "
+                             "which ctxflow's sparse attention backend does not add: use attention type 'dense' for this model")
+
+
 def apply_plan(model, plan: Plan, prefill: str = "auto") -> None:
     """Attach ``plan``'s rules to every attention layer and switch the model to the sparse backend.
     ``prefill``: how an unpadded prefill runs — "auto" (window_flash's fastest kernel on CUDA, the
@@ -212,6 +233,7 @@ def apply_plan(model, plan: Plan, prefill: str = "auto") -> None:
     cfg = model.config
     plan.check_model(cfg.num_hidden_layers, cfg.num_attention_heads)
     check_prefill(prefill)
+    check_supported(model)
     register()
     for m in attention_modules(model):
         rules = plan.rules[m.layer_idx]
@@ -227,6 +249,7 @@ def apply_plans(model, plans: list[Plan]) -> None:
         raise ValueError("plans measured in one batch must share the sink count")
     for p in plans:
         p.check_model(cfg.num_hidden_layers, cfg.num_attention_heads)
+    check_supported(model)
     register()
     for m in attention_modules(model):
         rows = [p.rules[m.layer_idx] for p in plans]

@@ -1,0 +1,86 @@
+"""The sparse backend on other transformers architectures (tiny random models, CPU): it computes the
+model's own attention where it can (sliding windows, GQA), refuses what it cannot (logit soft-capping,
+learned sink logits) instead of silently dropping it, and its kernel prefill path only takes masks that
+are causal + left padding."""
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ctxflow.attention.kernels import _left_padded_lengths, apply_plan, remove_plan
+from ctxflow.attention.rules import FULL, Plan, Rule
+
+
+def tiny(model_type, **kw):
+    cfg = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=100,
+                               max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kw)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+
+
+def plan_for(model, rule, sinks=4):
+    c = model.config
+    return Plan.uniform("tiny", c.num_hidden_layers, c.num_attention_heads, rule, sinks=sinks, kind="moa")
+
+
+@pytest.mark.parametrize("model_type,kw", [("llama", {}), ("qwen2", {}), ("mistral", {"sliding_window": 16})])
+def test_full_plan_equals_the_models_own_attention(model_type, kw):
+    m = tiny(model_type, **kw)
+    x = torch.randint(3, 100, (2, 40))
+    with torch.no_grad():
+        ref = m(input_ids=x).logits
+        apply_plan(m, plan_for(m, FULL))
+        got = m(input_ids=x).logits
+    remove_plan(m, "eager")
+    assert (got - ref).abs().max() < 1e-5
+
+
+def test_sliding_window_model_keeps_its_window_on_the_kernel_prefill_path(monkeypatch):
+    """Mistral's sliding window (16) is part of transformers' mask; the kernel path (which never reads the
+    mask's interior) must not take such a mask: the masked path ANDs the plan's window (24 + 4 sinks,
+    wider) with the model's, so the result is the model's own attention."""
+    from ctxflow.attention import window_flash
+
+    calls = []
+    real = window_flash.window_prefill
+    monkeypatch.setattr(window_flash, "window_prefill", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = tiny("mistral", sliding_window=16)
+    x = torch.randint(3, 100, (1, 40))
+    wide = plan_for(m, Rule(24, 0.0), sinks=4)
+    with torch.no_grad():
+        own = m(input_ids=x).logits
+        apply_plan(m, wide, prefill="sdpa")
+        got = m(input_ids=x).logits
+        assert calls == []
+        got_short = m(input_ids=x[:, :16]).logits  # within the model's window: the kernel path applies
+        assert len(calls) == 2  # one per layer
+    remove_plan(m, "eager")
+    assert (got - own).abs().max() < 1e-5
+    assert (got_short - own[:, :16]).abs().max() < 1e-5
+
+
+def test_models_whose_attention_the_backend_cannot_compute_are_refused():
+    gemma = tiny("gemma2", attn_logit_softcapping=5.0, query_pre_attn_scalar=16)
+    with pytest.raises(ValueError, match="caps its attention logits .*use attention type 'dense'"):
+        apply_plan(gemma, plan_for(gemma, FULL))
+    oss = tiny("gpt_oss", num_local_experts=4, num_experts_per_tok=2)
+    with pytest.raises(ValueError, match="learned attention-sink logits"):
+        apply_plan(oss, plan_for(oss, Rule(8, 0.0)))
+    assert oss.config._attn_implementation == "eager"  # nothing was switched
+
+
+def test_kernel_prefill_takes_only_causal_plus_left_padding_masks():
+    K = 12
+    i = torch.arange(K)
+    causal = i[None, :] <= i[:, None]
+    valid = torch.ones(2, K, dtype=torch.bool)
+    valid[1, :5] = False
+    left = (causal[None] & valid[:, None, :])[:, None]  # (B, 1, K, K) as transformers builds it
+    assert _left_padded_lengths(left, K) == [12, 7]
+    assert _left_padded_lengths(torch.where(left, 0.0, float("-inf")), K) == [12, 7]  # additive float masks too
+    packed = causal & ((i[:, None] < 6) == (i[None, :] < 6))  # two sequences packed in one row
+    assert _left_padded_lengths(packed[None, None].expand(2, 1, K, K).clone(), K) is None
+    sliding = causal & (i[:, None] - i[None, :] < 4)
+    assert _left_padded_lengths(sliding[None, None].clone(), K) is None
+    right = (causal[None] & valid.flip(-1)[:, None, :])[:, None]
+    assert _left_padded_lengths(right, K) is None
