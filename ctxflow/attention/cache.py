@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+_DECODE_ORDER = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class SparseLayerCache:
@@ -70,7 +73,19 @@ class SparseLayerCache:
         self.length = t + 1
 
     def attend(self, q: torch.Tensor, scale=None) -> torch.Tensor:
-        """Decode attention of one new token: q (B, H, 1, D) -> (B, H, 1, D)."""
+        """Decode attention of one new token: q (B, H, 1, D) -> (B, H, 1, D).
+
+        On CUDA the flash kernel goes first: it splits long key ranges over several thread blocks
+        (flash-decoding), which a buffer of few KV heads at a small batch needs to fill the GPU.
+        PyTorch's default on an H100 is cuDNN, which does not split: the wide buffer of a 50% plan
+        (8 x 2 KV heads, 25k slots) took 0.33 ms there and 0.09 ms on flash
+        (bench/results/moa_gpu_notes.md, v6)."""
+        if q.is_cuda:
+            with sdpa_kernel(_DECODE_ORDER, set_priority=True):
+                return self._attend(q, scale)
+        return self._attend(q, scale)
+
+    def _attend(self, q: torch.Tensor, scale=None) -> torch.Tensor:
         B, H, _, D = q.shape
         out = q.new_empty(B, H, 1, D) if not self.single else None
         for kv, qh, cap, K, V in self.groups:
