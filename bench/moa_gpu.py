@@ -520,7 +520,6 @@ def part_decode(dev, small, N, B):
                     with sdpa_kernel([getattr(SDPBackend, be)]):
                         if dens == 0.5:
                             row[f"dense_{be}_ms"] = bench(lambda: F.scaled_dot_product_attention(q.reshape(B, HKV, G, D), K, V))
-                        row[f"moa{int(dens*100)}_{be}_ms"] = bench(lambda: c._attend(q))  # attend() sets its own order
                         for gi, (kv, qh, cap, Kb, Vb) in enumerate(c.groups):
                             qg = q[:, qh].reshape(B, len(kv), G, D)
                             row[f"moa{int(dens*100)}_{be}_group{gi}_sdpa_only_ms"] = bench(lambda: F.scaled_dot_product_attention(qg, Kb, Vb))

@@ -15,11 +15,13 @@ All rows of a batch hold the same number of tokens (the left-padded CPU path is
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-_DECODE_ORDER = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_SPLIT_KV_FIRST = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class SparseLayerCache:
@@ -75,27 +77,30 @@ class SparseLayerCache:
     def attend(self, q: torch.Tensor, scale=None) -> torch.Tensor:
         """Decode attention of one new token: q (B, H, 1, D) -> (B, H, 1, D).
 
-        On CUDA the flash kernel goes first: it splits long key ranges over several thread blocks
-        (flash-decoding), which a buffer of few KV heads at a small batch needs to fill the GPU.
-        PyTorch's default on an H100 is cuDNN, which does not split: the wide buffer of a 50% plan
-        (8 x 2 KV heads, 25k slots) took 0.33 ms there and 0.09 ms on flash
-        (bench/results/moa_gpu_notes.md, v6)."""
-        if q.is_cuda:
-            with sdpa_kernel(_DECODE_ORDER, set_priority=True):
-                return self._attend(q, scale)
-        return self._attend(q, scale)
-
-    def _attend(self, q: torch.Tensor, scale=None) -> torch.Tensor:
+        On CUDA a buffer with fewer (row, KV head) pairs than the GPU has SMs runs on the flash kernel,
+        which splits long key ranges over several thread blocks (flash-decoding); PyTorch's default
+        on an H100 is cuDNN, which does not: the wide buffer of a 50% plan at batch 8 (16 pairs, 25k
+        slots) took 0.33 ms there and 0.09 ms on flash. With more pairs than SMs cuDNN is as fast or
+        faster, and the default order stays (bench/results/moa_gpu_notes.md, v6)."""
         B, H, _, D = q.shape
         out = q.new_empty(B, H, 1, D) if not self.single else None
         for kv, qh, cap, K, V in self.groups:
             n = min(self.length, cap)
             qg = (q if self.single else q[:, qh]).reshape(B, len(kv), self.group, D)  # G query rows per KV head
-            o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)  # (B, n_g, G, D)
+            if q.is_cuda and B * len(kv) < _sm_count(q.device):
+                with sdpa_kernel(_SPLIT_KV_FIRST, set_priority=True):
+                    o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)
+            else:
+                o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)  # (B, n_g, G, D)
             if self.single:
                 return o.reshape(B, H, 1, D)
             out[:, qh] = o.reshape(B, len(qh), 1, D)
         return out
+
+
+@lru_cache(maxsize=None)
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def kv_caps(spans_q: list[int], n_kv: int, sinks: int, max_len: int) -> list[int]:
