@@ -97,6 +97,11 @@ class SparseLayerCache:
         return out
 
 
+@lru_cache(maxsize=None)
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def kv_caps(spans_q: list[int], n_kv: int, sinks: int, max_len: int) -> list[int]:
     """Slots per KV head from the query heads' spans at ``max_len`` (the largest span in each group)."""
     g = len(spans_q) // n_kv
