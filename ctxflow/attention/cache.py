@@ -76,25 +76,29 @@ class SparseLayerCache:
     def attend(self, q: torch.Tensor, scale=None) -> torch.Tensor:
         """Decode attention of one new token: q (B, H, 1, D) -> (B, H, 1, D).
 
-        On CUDA (half precision) a buffer with fewer (row, KV head) pairs than the GPU has SMs runs
-        on the flash kernel directly, which splits long key ranges over several thread blocks
-        (flash-decoding); PyTorch's default on an H100 is cuDNN, which does not: the wide buffer of a
-        50% plan at batch 8 (16 pairs, 25k slots) took 0.33 ms there and 0.09 ms on flash. With more
-        pairs than SMs cuDNN is as fast or faster and SDPA's own choice stays
-        (bench/results/moa_gpu_notes.md, v6)."""
+        On CUDA (half precision) a buffer of long rows (≥ 4096 slots) with few (row, KV head) pairs
+        (at most a quarter of the GPU's SMs) runs on the flash kernel directly, which splits long key
+        ranges over several thread blocks (flash-decoding). PyTorch's default on an H100 is cuDNN,
+        which does not: the wide buffer of a 50% plan at batch 8 (16 pairs, 25k slots) took 0.33 ms
+        there and 0.09 ms on flash. With more pairs or short rows the two are within a few µs and the
+        direct call's overhead decides, so SDPA's own choice stays (bench/results/moa_gpu_notes.md, v6)."""
         B, H, _, D = q.shape
         out = q.new_empty(B, H, 1, D) if not self.single else None
         for kv, qh, cap, K, V in self.groups:
             n = min(self.length, cap)
             qg = (q if self.single else q[:, qh]).reshape(B, len(kv), self.group, D)  # G query rows per KV head
-            if self.split_kv and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and B * len(kv) < _sm_count(q.device):
-                o = torch.ops.aten._scaled_dot_product_flash_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)[0]
+            if self.split_kv and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and n >= 4096 \
+                    and 4 * B * len(kv) <= _sm_count(q.device):
+                o = _FLASH(qg, K[:, :, :n], V[:, :, :n], scale=scale)[0]
             else:
                 o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)  # (B, n_g, G, D)
             if self.single:
                 return o.reshape(B, H, 1, D)
             out[:, qh] = o.reshape(B, len(qh), 1, D)
         return out
+
+
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention.default
 
 
 @lru_cache(maxsize=None)
