@@ -512,8 +512,10 @@ def part_decode(dev, small, N, B):
         row[f"kv_fraction_{int(dens*100)}"] = sum(caps) / (HKV * N)
         row[f"moa{int(dens*100)}_ms"] = bench(lambda: c.attend(q))
         row[f"speedup_{int(dens*100)}"] = row["dense_ms"] / row[f"moa{int(dens*100)}_ms"]
+        fast = c.attend(q)
         c.split_kv = False  # the same cache on SDPA's default kernel choice (before v6)
         row[f"moa{int(dens*100)}_sdpa_default_ms"] = bench(lambda: c.attend(q))
+        row[f"moa{int(dens*100)}_split_kv_vs_default_rel_err"] = rel(fast, c.attend(q))  # the default path is checked vs float64 in --parts check
         c.split_kv = True
         if dev == "cuda":  # which SDPA kernel each call gets, and what each costs alone
             from torch.nn.attention import SDPBackend, sdpa_kernel
