@@ -796,7 +796,7 @@ def main():
     for r in RES.get("padded_prefill", []):
         print(f"padded prefill N={r['N']} B={r['B']}: dense mask {r['dense_padded_mask_ms']:.2f} ms | dense per row "
               f"{r['dense_per_row_ms']:.2f} | " + " | ".join(
-                  f"moa{dp} kernel {r[f'moa{dp}_auto_ms']:.2f} masked {r[f'moa{dp}_masked_ms'] or float('nan'):.2f} "
+                  f"moa{dp} kernel {r[f'moa{dp}_auto_ms'] or float('nan'):.2f} masked {r[f'moa{dp}_masked_ms'] or float('nan'):.2f} "
                   f"(x{r.get(f'speedup_{dp}_vs_dense_per_row', 0):.2f} vs dense per row, err {r.get(f'moa{dp}_kernel_vs_masked_rel_err', float('nan')):.1e})"
                   for dp in (50, 25)))
     e = RES.get("e2e")

@@ -87,8 +87,7 @@ class SparseLayerCache:
         for kv, qh, cap, K, V in self.groups:
             n = min(self.length, cap)
             qg = (q if self.single else q[:, qh]).reshape(B, len(kv), self.group, D)  # G query rows per KV head
-            if self.split_kv and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and n >= 4096 \
-                    and 4 * B * len(kv) <= _sm_count(q.device):
+            if self.split_kv and n >= 4096 and _flash_ok(q) and 4 * B * len(kv) <= _sm_count(q.device):
                 o = _FLASH(qg, K[:, :, :n], V[:, :, :n], scale=scale)[0]
             else:
                 o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)  # (B, n_g, G, D)
@@ -104,6 +103,19 @@ _FLASH = torch.ops.aten._scaled_dot_product_flash_attention.default
 @lru_cache(maxsize=None)
 def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@lru_cache(maxsize=None)
+def _capability(device) -> int:
+    return torch.cuda.get_device_capability(device)[0]
+
+
+def _flash_ok(q) -> bool:
+    """What SDPA would check before its flash kernel (the direct call skips SDPA's checks and fallback):
+    CUDA (not ROCm), half precision, head dim <= 256 and a multiple of 8, sm80+, flash SDPA enabled."""
+    return (q.is_cuda and torch.version.hip is None and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0 and _capability(q.device) >= 8
+            and torch.backends.cuda.flash_sdp_enabled())
 
 
 def kv_caps(spans_q: list[int], n_kv: int, sinks: int, max_len: int) -> list[int]:

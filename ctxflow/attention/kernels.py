@@ -82,8 +82,8 @@ def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scalin
     from .window_flash import window_prefill
 
     n_real = [K] * query.shape[0] if attention_mask is None else _left_padded_lengths(attention_mask, K)
-    if n_real is None:
-        return None  # not left padding
+    if n_real is None or len(n_real) != query.shape[0]:
+        return None  # not causal + left padding, or a mask broadcast over the batch
     if all(x == K for x in n_real):
         spans = rules.spans(torch.tensor([K]))[0].tolist()
         return window_prefill(query, key, value, spans, rules.sinks, scale=scaling, backend=rules.prefill)
@@ -107,31 +107,44 @@ def _window_prefill(rules: LayerRules, query, key, value, attention_mask, scalin
     return out.transpose(1, 2)  # (B, H, K, D) view
 
 
-_LENGTHS: dict = {}  # the last mask's real lengths: every layer of a forward gets the same mask tensor
+_LENGTHS: list = []  # the last few masks' real lengths: every layer of a forward gets the same mask
+_LENGTHS_KEEP = 4  # (models alternating sliding and full layers pass two masks per forward)
 
 
 def _left_padded_lengths(attention_mask, K: int) -> list[int] | None:
     """Real length of each row when the mask is causal + left padding (every row's real keys a suffix,
-    every real query seeing all earlier real keys), else None. Remembered for the same mask object
-    (one check per forward, not per layer)."""
+    every real query seeing all earlier real keys and nothing else), else None. Remembered for the
+    same mask object (one check per forward, not per layer): a hit rests on object identity plus
+    the version counter where the tensor has one (inference tensors have none; transformers builds a
+    new mask for every forward)."""
+    if attention_mask.dim() != 4 or attention_mask.shape[2] != K or attention_mask.shape[3] < K:
+        return None
     try:
         version = attention_mask._version
-    except RuntimeError:  # inference tensors keep no version counter (nor can they change outside inference mode)
+    except RuntimeError:  # inference tensors keep no version counter
         version = None
-    hit = _LENGTHS.get("last")
-    if hit is not None and hit[0]() is attention_mask and hit[1:3] == (version, K):
-        return hit[3]
-    m = attention_mask[:, 0, -1, :K]
-    real = m if m.dtype == torch.bool else m == 0
+    for ref, ver, k, lengths in _LENGTHS:
+        if ref() is attention_mask and (ver, k) == (version, K):
+            return lengths
+    full = attention_mask[:, 0, :, :K]  # (B, Q, K)
+    last = full[:, -1]
+    real = last if last.dtype == torch.bool else last == 0
     n = real.sum(-1)  # (B,)
     ok = torch.equal(real, torch.arange(K, device=real.device)[None, :] >= (K - n)[:, None])
-    if ok:  # and nothing but causal + padding: n(n+1)/2 visible pairs per row (packed sequences,
-        # sliding or chunked windows, prefix-LM masks show up here and keep the masked path)
-        full = attention_mask[:, 0, :, :K]
-        count = (full if full.dtype == torch.bool else full == 0).sum((-1, -2))
-        ok = torch.equal(count, n * (n + 1) // 2) and attention_mask.shape[2] == K
+    if ok:  # n(n+1)/2 visible pairs per row, all of them causal: packed sequences, sliding or chunked
+        # windows and prefix-LM masks show up here and keep the masked path (query blocks bound the
+        # temporaries)
+        total = torch.zeros_like(n)
+        causal = torch.zeros_like(n)
+        for i0 in range(0, K, 4096):
+            blk = full[:, i0:i0 + 4096]
+            vis = blk if blk.dtype == torch.bool else blk == 0
+            total += vis.sum((-1, -2))
+            causal += vis.tril(i0).sum((-1, -2))
+        ok = torch.equal(total, n * (n + 1) // 2) and torch.equal(causal, total)
     lengths = n.tolist() if ok else None
-    _LENGTHS["last"] = (weakref.ref(attention_mask), version, K, lengths)
+    _LENGTHS.insert(0, (weakref.ref(attention_mask), version, K, lengths))
+    del _LENGTHS[_LENGTHS_KEEP:]
     return lengths
 
 
@@ -228,7 +241,7 @@ def check_supported(model) -> None:
 
 def apply_plan(model, plan: Plan, prefill: str = "auto") -> None:
     """Attach ``plan``'s rules to every attention layer and switch the model to the sparse backend.
-    ``prefill``: how an unpadded prefill runs — "auto" (window_flash's fastest kernel on CUDA, the
+    ``prefill``: how a prefill (unpadded or left-padded) runs — "auto" (window_flash's fastest kernel on CUDA, the
     masked SDPA below elsewhere), "masked" (always masked SDPA), or a window_flash backend name."""
     cfg = model.config
     plan.check_model(cfg.num_hidden_layers, cfg.num_attention_heads)

@@ -96,7 +96,8 @@ def _kv_slice(h0: int, h1: int, group: int) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- band: cuDNN frontend
 _CUDNN_HANDLES: dict = {}
-_CUDNN_GRAPHS: dict = {}
+_CUDNN_GRAPHS: dict = {}  # insertion-ordered; the oldest graph goes past _CUDNN_GRAPHS_MAX
+_CUDNN_GRAPHS_MAX = 256  # (shape, strides, span) combinations: padded batches add one per real length
 
 
 @lru_cache(maxsize=None)
@@ -153,6 +154,8 @@ def _cudnn_graph(q, k, v, o, lse, span: int, scale: float):
     g.build_plans()
     ws = torch.empty(max(1, g.get_workspace_size()), device=q.device, dtype=torch.uint8)
     hit = (g, (tq, tk, tv, to, ts), ws, handle)
+    if len(_CUDNN_GRAPHS) >= _CUDNN_GRAPHS_MAX:
+        del _CUDNN_GRAPHS[next(iter(_CUDNN_GRAPHS))]
     _CUDNN_GRAPHS[key] = hit
     return hit
 

@@ -52,8 +52,8 @@ def test_sliding_window_model_keeps_its_window_on_the_kernel_prefill_path(monkey
         apply_plan(m, wide, prefill="sdpa")
         got = m(input_ids=x).logits
         assert calls == []
-        got_short = m(input_ids=x[:, :16]).logits  # within the model's window: the kernel path applies
-        assert len(calls) == 2  # one per layer
+        got_short = m(input_ids=x[:, :16]).logits  # within the model's window the mask is plain causal:
+        assert len(calls) == 2  # the kernel path runs, once per layer (its window 24 covers all 16 tokens)
     remove_plan(m, "eager")
     assert (got - own).abs().max() < 1e-5
     assert (got_short - own[:, :16]).abs().max() < 1e-5
@@ -84,3 +84,46 @@ def test_kernel_prefill_takes_only_causal_plus_left_padding_masks():
     assert _left_padded_lengths(sliding[None, None].clone(), K) is None
     right = (causal[None] & valid.flip(-1)[:, None, :])[:, None]
     assert _left_padded_lengths(right, K) is None
+
+
+def test_kernel_prefill_mask_edge_cases():
+    from ctxflow.attention.kernels import LayerRules, sparse_sdpa
+
+    K = 10
+    i = torch.arange(K)
+    causal = i[None, :] <= i[:, None]
+    valid = torch.ones(3, K, dtype=torch.bool)
+    valid[1, :4] = False
+    valid[2] = False  # a row with no real token
+    mask = (causal[None] & valid[:, None, :])[:, None]
+    assert _left_padded_lengths(mask, K) == [10, 6, 0]
+    assert _left_padded_lengths(mask[:, :, 1:], K) is None  # queries != keys
+    swap = causal.clone()
+    swap[9, 9], swap[0, 9] = False, True  # the same number of visible pairs, one of them non-causal
+    assert _left_padded_lengths(swap[None, None].clone(), K) is None
+    m = causal[None, None].clone()
+    assert _left_padded_lengths(m, K) == [10]
+    m[0, 0, 5, 2] = False  # changed in place after being read: the version counter moves on
+    assert _left_padded_lengths(m, K) is None
+
+    class Mod:
+        pass
+
+    mod = Mod()
+    mod._ctxflow_rules = LayerRules([3.0] * 2, [0.0] * 2, 2, "torch")
+    q, k, v = torch.randn(3, 2, K, 8), torch.randn(3, 1, K, 8), torch.randn(3, 1, K, 8)
+    out, _ = sparse_sdpa(mod, q, k, v, mask)
+    assert torch.isfinite(out).all() and (out[2] == 0).all() and (out[1, :4] == 0).all()  # pad queries: zeros
+    ref_mod = Mod()
+    ref_mod._ctxflow_rules = LayerRules([3.0] * 2, [0.0] * 2, 2, "masked")
+    ref, _ = sparse_sdpa(ref_mod, q, k, v, mask)
+    assert torch.allclose(out[0], ref[0], atol=1e-5) and torch.allclose(out[1, 4:], ref[1, 4:], atol=1e-5)
+    # one mask row broadcast over a batch of three: the masked path (the kernel path needs one row per row)
+    one = mask[:2][1:2]
+    out1, _ = sparse_sdpa(mod, q, k, v, one)
+    ref1, _ = sparse_sdpa(ref_mod, q, k, v, one)
+    assert torch.equal(out1, ref1)
+    with pytest.raises(ValueError, match="neither attention logit soft-capping nor learned sink logits"):
+        sparse_sdpa(mod, q, k, v, mask, softcap=30.0)
+    with pytest.raises(ValueError, match="neither attention logit soft-capping nor learned sink logits"):
+        sparse_sdpa(mod, q, k, v, mask, s_aux=torch.zeros(2))

@@ -37,7 +37,12 @@ class _Mod:
 
 @pytest.mark.parametrize("prefill", ["masked", "torch", "sdpa"])  # the (B, H, Q, K) mask or window_flash per real length
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 1e-2)])
-def test_sparse_sdpa_matches_float64_reference(dtype, tol, prefill):
+def test_sparse_sdpa_matches_float64_reference(dtype, tol, prefill, monkeypatch):
+    from ctxflow.attention import window_flash
+
+    calls = []
+    real = window_flash.window_prefill
+    monkeypatch.setattr(window_flash, "window_prefill", lambda *a, **k: calls.append(a[0].shape[2]) or real(*a, **k))
     torch.manual_seed(torch.seed() % 2**31)  # fresh inputs every run
     B, H, Hkv, K, D, sinks = 4, 6, 2, 40, 16, 3
     lens = [40, 23, 7, 23]  # ragged rows, left padded (two of equal length)
@@ -62,6 +67,8 @@ def test_sparse_sdpa_matches_float64_reference(dtype, tol, prefill):
         got = out.transpose(1, 2).double()
         err = ((got - ref).permute(0, 2, 1, 3)[rows].norm() / ref.permute(0, 2, 1, 3)[rows].norm()).item()
         assert err < tol, (Q, err)
+    # the kernel path ran once per real length of the prefill (never for the decode step)
+    assert sorted(calls) == ([] if prefill == "masked" else [7, 23, 40])
 
 
 def test_flex_block_mask_and_static_cache_match_reference():
