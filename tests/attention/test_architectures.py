@@ -69,13 +69,18 @@ def test_models_whose_attention_the_backend_cannot_compute_are_refused():
     assert oss.config._attn_implementation == "eager"  # nothing was switched
 
 
+def left_padded(K: int, pads: list[int]):
+    """(causal (K, K), valid (B, K), mask (B, 1, K, K) as transformers builds it) for left pads per row."""
+    i = torch.arange(K)
+    causal = i[None, :] <= i[:, None]
+    valid = i[None, :] >= torch.tensor(pads)[:, None]
+    return causal, valid, (causal[None] & valid[:, None, :])[:, None]
+
+
 def test_kernel_prefill_takes_only_causal_plus_left_padding_masks():
     K = 12
     i = torch.arange(K)
-    causal = i[None, :] <= i[:, None]
-    valid = torch.ones(2, K, dtype=torch.bool)
-    valid[1, :5] = False
-    left = (causal[None] & valid[:, None, :])[:, None]  # (B, 1, K, K) as transformers builds it
+    causal, valid, left = left_padded(K, [0, 5])
     assert _left_padded_lengths(left, K) == [12, 7]
     assert _left_padded_lengths(torch.where(left, 0.0, float("-inf")), K) == [12, 7]  # additive float masks too
     packed = causal & ((i[:, None] < 6) == (i[None, :] < 6))  # two sequences packed in one row
@@ -90,12 +95,7 @@ def test_kernel_prefill_mask_edge_cases():
     from ctxflow.attention.kernels import LayerRules, sparse_sdpa
 
     K = 10
-    i = torch.arange(K)
-    causal = i[None, :] <= i[:, None]
-    valid = torch.ones(3, K, dtype=torch.bool)
-    valid[1, :4] = False
-    valid[2] = False  # a row with no real token
-    mask = (causal[None] & valid[:, None, :])[:, None]
+    causal, _, mask = left_padded(K, [0, 4, K])  # row 2 has no real token
     assert _left_padded_lengths(mask, K) == [10, 6, 0]
     assert _left_padded_lengths(mask[:, :, 1:], K) is None  # queries != keys
     swap = causal.clone()
