@@ -8,6 +8,7 @@ Accepted forms (Python or YAML)::
     attention: {type: moa, plan: smollm2-135m-50}      # a bundled plan name or a plan JSON path
     attention: {type: moa, density: 0.25}              # the bundled plan of the default model
     attention: path/to/plan.json                       # a plan file
+    attention: {type: moa, density: 0.5, cache: ring}  # decode in constant memory (ctxflow.attention.ring)
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 from .rules import Plan, resolve_plan_path, shipped_plans, uniform_rule
 
 KINDS = ("dense", "streaming", "moa")
+CACHES = ("dynamic", "ring")  # decode cache: transformers' (every token kept) or ctxflow.attention.ring
 DEFAULT_PLAN = {0.5: "smollm2-135m-50", 0.25: "smollm2-135m-25"}
 
 
@@ -36,13 +38,19 @@ def normalize_attention(spec: Any) -> dict[str, Any] | None:
     kind = spec.get("type")
     if kind not in KINDS:
         raise ValueError(f"attention type {kind!r} is not one of {', '.join(KINDS)}")
-    allowed = {"dense": {"type"}, "streaming": {"type", "density", "sinks", "length"}, "moa": {"type", "plan", "density"}}[kind]
+    allowed = {"dense": {"type"}, "streaming": {"type", "density", "sinks", "length", "cache"},
+               "moa": {"type", "plan", "density", "cache"}}[kind]
     unknown = set(spec) - allowed
     if unknown:
         raise ValueError(f"attention type {kind}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(allowed))}")
     if kind == "dense":
         return None
     out = dict(spec)
+    if out.get("cache", "dynamic") not in CACHES:
+        raise ValueError(f"attention cache must be one of {', '.join(CACHES)} (dynamic: transformers' cache, every "
+                         f"token kept; ring: sinks + a ring buffer per KV head, constant memory), got {out['cache']!r}")
+    if out.get("cache") == "dynamic":
+        del out["cache"]  # the default: not part of the spec or the model id
     if "density" in out:
         d = out["density"]
         if not isinstance(d, (int, float)) or not 0 < d <= 1:
@@ -94,6 +102,8 @@ def variant_id(attention: dict[str, Any] | None, rope: dict[str, Any] | None) ->
         else:
             p = resolve_plan_path(attention["plan"])
             parts.append(f"moa-{p.stem}-{hashlib.sha256(p.read_bytes()).hexdigest()[:8]}")
+        if attention.get("cache") == "ring":  # decode steps see group-wide windows: other outputs
+            parts[-1] += "-ring"
     if rope is not None:
         parts.append(f"rope-{rope['type']}-{rope['factor']:g}")
     return "+" + "+".join(parts)

@@ -10,8 +10,10 @@ KV heads with the same capacity share one buffer ``(B, n_g, cap, D)`` (a MoA pla
 distinct rules per layer, so a layer has one or two buffers). Decode attention packs the ``G``
 query heads of each KV head as ``G`` query rows (``(B, n_g, G, D)``) and runs one SDPA per buffer.
 
-All rows of a batch hold the same number of tokens (the left-padded CPU path is
-:mod:`ctxflow.attention.kernels`). Imports only torch.
+Rows of a left-padded batch keep their own counts (``prefill(..., n_real=)``): each row's sinks are
+its first real tokens, pad positions are never stored, and empty slots of a row whose buffer is not
+full yet are masked. ``select`` drops finished rows. Imports only torch (the transformers ``Cache``
+over it is :mod:`ctxflow.attention.ring`).
 """
 from __future__ import annotations
 
@@ -29,13 +31,14 @@ class SparseLayerCache:
         self.n_kv = len(caps)
         self.group = n_q_heads // self.n_kv
         self.sinks = int(sinks)
-        self.length = 0  # tokens seen
+        self.length = 0  # tokens seen (the longest row's)
+        self.lengths = None  # per-row real tokens when rows differ (left-padded prompts), else None
         self.groups = []  # (kv head index tensor, q head index tensor, cap, K buf, V buf)
         for cap in sorted(set(caps)):
             kv = torch.tensor([g for g, c in enumerate(caps) if c == cap], dtype=torch.long, device=device)
             qh = (kv[:, None] * self.group + torch.arange(self.group, device=device)[None]).reshape(-1)
             shape = (batch, len(kv), cap, head_dim)
-            self.groups.append((kv, qh, cap, torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device)))
+            self.groups.append((kv, qh, cap, torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)))  # zeros: a masked empty slot must not hold NaN (0 x NaN)
         self.single = len(self.groups) == 1
 
     def nbytes(self) -> int:
@@ -46,22 +49,42 @@ class SparseLayerCache:
         ring = cap - self.sinks
         return torch.where(t < self.sinks, t, self.sinks + (t - self.sinks) % max(ring, 1)) if ring > 0 else t.clamp(max=cap - 1)
 
-    def prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
+    def prefill(self, k: torch.Tensor, v: torch.Tensor, n_real=None) -> None:
         """Store a prompt's keys/values (B, H_kv, T, D), keeping per head the sinks and the last
-        ``cap - sinks`` tokens."""
+        ``cap - sinks`` tokens. ``n_real`` (B ints): real tokens per row under left padding (the
+        sinks are then each row's first real tokens; pad positions are never stored)."""
+        T = k.shape[2]
+        if n_real is not None and any(int(x) != T for x in n_real):
+            self.lengths = [int(x) for x in n_real]  # rows differ: per-row slots from here on
+            for b, n in enumerate(self.lengths):
+                self._store(k[b:b + 1, :, T - n:], v[b:b + 1, :, T - n:], rows=slice(b, b + 1))
+            self.length = max(self.lengths)
+            return
+        self.lengths = None
+        self._store(k, v, rows=slice(None))
+        self.length = T
+
+    def _store(self, k, v, rows) -> None:
         T = k.shape[2]
         for kv, _, cap, K, V in self.groups:
             kg, vg = (k, v) if self.single else (k[:, kv], v[:, kv])
             if T <= cap:
-                K[:, :, :T], V[:, :, :T] = kg, vg
+                K[rows, :, :T], V[rows, :, :T] = kg, vg
             else:
                 keep = torch.cat([torch.arange(self.sinks), torch.arange(T - (cap - self.sinks), T)]).to(k.device)
                 slots = self._slots(0, T, cap)[keep.cpu()].to(k.device)
-                K[:, :, slots], V[:, :, slots] = kg[:, :, keep], vg[:, :, keep]
-        self.length = T
+                K[rows, :, slots], V[rows, :, slots] = kg[:, :, keep], vg[:, :, keep]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Add one token's keys/values (B, H_kv, 1, D)."""
+        if self.lengths is not None:  # rows of different lengths: each row's own slot
+            rows = torch.arange(k.shape[0], device=k.device)
+            for kv, _, cap, K, V in self.groups:
+                s = torch.cat([self._slots(t, t + 1, cap) if t >= cap else torch.tensor([t]) for t in self.lengths]).to(k.device)
+                K[rows, :, s], V[rows, :, s] = (k[:, :, 0], v[:, :, 0]) if self.single else (k[:, kv, 0], v[:, kv, 0])
+            self.lengths = [t + 1 for t in self.lengths]
+            self.length = max(self.lengths)
+            return
         t = self.length
         for kv, _, cap, K, V in self.groups:
             s = t if t < cap else int(self._slots(t, t + 1, cap)[0])
@@ -70,6 +93,13 @@ class SparseLayerCache:
             else:
                 K[:, :, s], V[:, :, s] = k[:, kv, 0], v[:, kv, 0]
         self.length = t + 1
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (finished sequences leave the batch)."""
+        self.groups = [(kv, qh, cap, K[rows], V[rows]) for kv, qh, cap, K, V in self.groups]
+        if self.lengths is not None:
+            self.lengths = [self.lengths[int(r)] for r in rows.tolist()]
+            self.length = max(self.lengths)
 
     split_kv = True  # CUDA: buffers of few (row, KV head) pairs on the flash kernel (see attend)
 
@@ -87,7 +117,11 @@ class SparseLayerCache:
         for kv, qh, cap, K, V in self.groups:
             n = min(self.length, cap)
             qg = (q if self.single else q[:, qh]).reshape(B, len(kv), self.group, D)  # G query rows per KV head
-            if self.split_kv and n >= 4096 and _flash_ok(q) and 4 * B * len(kv) <= _sm_count(q.device):
+            filled = None if self.lengths is None else [min(t, cap) for t in self.lengths]
+            if filled is not None and min(filled) < n:  # some row's buffer is not full yet: mask its empty slots
+                m = torch.arange(n, device=q.device)[None, :] < torch.tensor(filled, device=q.device)[:, None]
+                o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], attn_mask=m[:, None, None, :], scale=scale)
+            elif self.split_kv and n >= 4096 and _flash_ok(q) and 4 * B * len(kv) <= _sm_count(q.device):
                 o = _FLASH(qg, K[:, :, :n], V[:, :, :n], scale=scale)[0]
             else:
                 o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], scale=scale)  # (B, n_g, G, D)

@@ -171,6 +171,9 @@ def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         raise ValueError("ctxflow's sparse attention backend supports neither attention logit soft-capping nor "
                          "learned sink logits (s_aux); use attention type 'dense' for this model")
+    ring = getattr(module, "_ctxflow_ring", None)  # a decode step on the ring cache (ctxflow.attention.ring)
+    if ring is not None and ring.decode_step(query, key):
+        return ring.ring.attend(query, scale=scaling).transpose(1, 2).contiguous(), None
     B, H, Q, D = query.shape
     K = key.shape[2]
     rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 from ..errors import ContextOverflowError
@@ -445,8 +446,14 @@ class LocalLM(GreyBox, LLM):
         rows = torch.tensor(active, dtype=torch.long)
         if len(active) < B:
             inp, mask, pos = inp[rows.to(dev)], mask[rows.to(dev)], pos[rows.to(dev)]
-        pkv = DynamicCache(config=model.config)
-        with torch.inference_mode():
+        ring = self.attention is not None and self.attention.get("cache") == "ring"
+        if ring:  # sinks + ring buffer per KV head, sized once for the longest row (constant memory)
+            from ..attention.ring import attached, ring_cache
+
+            pkv = ring_cache(model, [len(batch[r]) for r in active], max(len(batch[r]) + budget[r] for r in active))
+        else:
+            pkv = DynamicCache(config=model.config)
+        with (self._lock if ring else nullcontext()), torch.inference_mode(), (attached(model, pkv) if ring else nullcontext()):
             out = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=pkv, use_cache=True, logits_to_keep=1)
             last_pos = pos[:, -1]
             while True:

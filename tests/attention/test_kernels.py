@@ -100,3 +100,33 @@ def test_flex_block_mask_and_static_cache_match_reference():
         o = c.attend(q[:, :, t:t + 1])
         assert ((o[:, :, 0].double() - ref2[:, :, t]).norm() / ref2[:, :, t].norm()).item() < 1e-3
     assert c.nbytes() == sum(caps) * 2 * D * 4 * 2  # fixed size: never grows
+
+
+def test_static_cache_with_left_padded_rows_and_dropped_rows():
+    """Rows of different real lengths (left padding): each row's sinks are its first real tokens, pad
+    positions are never stored, rows whose buffer is not full yet mask their empty slots, rings wrap per
+    row; dropping finished rows keeps the others."""
+    torch.manual_seed(torch.seed() % 2**31)
+    H, Hkv, N, D, sinks = 4, 2, 120, 16, 4
+    spans = torch.tensor([120, 20, 9, 40])
+    lens0 = [60, 25, 3]  # real prompt tokens per row; the padded prompt is 60 long
+    B, T0 = len(lens0), 60
+    q, k, v = torch.randn(B, H, N, D), torch.randn(B, Hkv, N, D), torch.randn(B, Hkv, N, D)
+    valid = torch.ones(B, N, dtype=torch.bool)
+    for b, n in enumerate(lens0):
+        valid[b, : T0 - n] = False
+    caps = cache_m.kv_caps(spans.tolist(), Hkv, sinks, N)
+    c = cache_m.SparseLayerCache(caps, sinks, B, D, H, torch.float32, "cpu")
+    c.prefill(k[:, :, :T0], v[:, :, :T0], n_real=lens0)
+    win = [lambda n, w=caps[h // 2] - sinks: w for h in range(H)]
+    ref = reference(q, k, v, valid, win, sinks)  # each query sees its row's real keys only
+    rows = list(range(B))
+    for t in range(T0, N):
+        c.append(k[rows, :, t:t + 1], v[rows, :, t:t + 1])
+        o = c.attend(q[rows, :, t:t + 1])
+        r = ref[rows, :, t]
+        assert ((o[:, :, 0].double() - r).norm() / r.norm()).item() < 1e-3, t
+        if t == 80:  # row 0 finishes: keep rows 1 and 2
+            rows = [1, 2]
+            c.select(torch.tensor([1, 2]))
+    assert c.lengths == [25 + N - T0, 3 + N - T0]

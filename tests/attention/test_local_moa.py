@@ -154,3 +154,47 @@ def test_kernel_prefill_path_equals_masked_sdpa_on_the_real_model(llm, path, mon
             apply_plan(model, plan, prefill="fa5")
     finally:
         remove_plan(model, impl)
+
+
+RING_PROMPTS = ["Name a primary colour.", "What is 2+2?",
+                "Write one sentence about the sea, then stop. Keep it short and simple please. " * 3]
+
+
+def test_ring_cache_with_full_windows_generates_like_dense(llm, full_plan):
+    """cache: ring (sinks + ring buffer per KV head, sized once) with every head at full window: the
+    same tokens as dense generation, on a left-padded batch whose rows finish at different steps."""
+    dense = LocalLM(cache=False)
+    ring = LocalLM(cache=False, attention={"type": "moa", "plan": full_plan, "cache": "ring"})
+    a, b = dense.generate(RING_PROMPTS, max_new_tokens=24), ring.generate(RING_PROMPTS, max_new_tokens=24)
+    assert [g.text for g in b] == [g.text for g in a] and [g.n_tokens for g in b] == [g.n_tokens for g in a]
+    assert len({g.n_tokens for g in a}) > 1  # rows did leave the batch at different steps
+    assert ring.model_id.endswith("-ring") and ring.spec()["attention"]["cache"] == "ring"
+
+
+def test_ring_cache_wraps_and_stays_fixed_in_size(llm, tmp_path, monkeypatch):
+    """A constant window (32 tokens + 4 sinks) is the same window on both caches, so the ring (which
+    wraps many times here) generates exactly what the default cache does; its buffers are sized once
+    from the plan (≤ 36 slots per KV head) however many tokens are generated."""
+    from ctxflow.attention import ring as ring_m
+
+    cfg = llm.model.config
+    plan = Plan.uniform(llm.model_id, cfg.num_hidden_layers, cfg.num_attention_heads, Rule(32, 0.0), sinks=4, kind="moa")
+    path = str(plan.save(tmp_path / "w32.json"))
+    made = []
+    real = ring_m.ring_cache
+    monkeypatch.setattr(ring_m, "ring_cache", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    dyn = LocalLM(cache=False, attention={"type": "moa", "plan": path})
+    ring = LocalLM(cache=False, attention={"type": "moa", "plan": path, "cache": "ring"})
+    a, b = dyn.generate(RING_PROMPTS, max_new_tokens=40), ring.generate(RING_PROMPTS, max_new_tokens=40)
+    assert [g.text for g in b] == [g.text for g in a]
+    assert max(g.n_prompt_tokens for g in a) > 60 and max(g.n_tokens for g in a) > 30  # past the window: wrapped
+    layers = made[0].layers
+    assert all(c == 36 for layer in layers for c in layer.caps)
+    per_slot = 2 * cfg.head_dim * 4  # K and V, float32
+    assert all(layer.nbytes() <= len(RING_PROMPTS) * cfg.num_key_value_heads * 36 * per_slot for layer in layers)
+
+
+def test_ring_cache_option_is_validated():
+    with pytest.raises(ValueError, match="attention cache must be one of dynamic, ring .* got 'paged'"):
+        LocalLM(attention={"type": "streaming", "cache": "paged"})
+    assert LocalLM(attention={"type": "streaming", "cache": "dynamic"}).attention == {"type": "streaming", "density": 0.5, "sinks": 64}
