@@ -1,6 +1,6 @@
 """MoA on the GPU, side by side with dense attention, in one run (see bench/results/moa_gpu_notes.md).
 
-    python bench/moa_gpu.py [--parts check,prefill,decode,e2e,model,padded] [--small]  (writes $OUT/moa_gpu.json)
+    python bench/moa_gpu.py [--parts check,prefill,decode,e2e,model,padded,ringgen] [--small]  (writes $OUT/moa_gpu.json)
 
 Shapes are Llama-3-8B's (32 layers, 32 query heads, 8 KV heads, head dim 128, bf16); the weights
 are random (timing only). The MoA plans are synthetic but shaped like searched ones: per layer two
@@ -496,6 +496,80 @@ def part_padded(dev, small, lengths):
     return rows
 
 
+def part_ringgen(dev, small, P, steps, B=8):
+    """LocalLM's generation paths through transformers' forward with ctxflow's backend (8B shape, bf16,
+    random weights, a left-padded batch of B rows of P, ¾P, ½P, ¼P real tokens, greedy): the default
+    cache (transformers' DynamicCache, every token kept, each decode step masked to the windows) vs
+    ``cache: ring`` (ctxflow.attention.ring). Prefill time, decode ms/step, peak memory, cache bytes, and
+    how far the two agree (the synthetic spans give every query head of a KV group the same constant
+    window, so both caches compute the same function)."""
+    from contextlib import nullcontext
+
+    from transformers import DynamicCache, LlamaForCausalLM
+
+    kernels = _kernels_module()
+    import ctxflow.attention.ring as ring_m
+
+    cfg = llama_config(small)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    nl = cfg.num_hidden_layers
+    lens = [[P, 3 * P // 4, P // 2, P // 4][b % 4] for b in range(B)]
+    inp = torch.randint(0, cfg.vocab_size, (B, P), device=dev)
+    mask = torch.zeros(B, P, dtype=torch.long, device=dev)
+    for b, n in enumerate(lens):
+        mask[b, P - n:] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    res = {"B": B, "prompt_padded": P, "real_lengths": lens, "steps": steps}
+    for dens in (0.5, 0.25):
+        dp = int(dens * 100)
+        spans = [synthetic_spans(dens, P + steps, layer=i) for i in range(nl)]
+        _attach(model, kernels, spans, "auto")
+        toks, first = {}, {}
+        for name in ("dynamic", "ring"):
+            peak_reset()
+            base = torch.cuda.memory_allocated() / 2**30 if dev == "cuda" else 0.0
+            with torch.inference_mode():
+                pkv = ring_m.ring_cache(model, lens, max(lens) + steps) if name == "ring" else DynamicCache(config=cfg)
+                with ring_m.attached(model, pkv) if name == "ring" else nullcontext():
+                    sync()
+                    t0 = time.perf_counter()
+                    out = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=pkv, use_cache=True, logits_to_keep=1)
+                    sync()
+                    t1 = time.perf_counter()
+                    m, last, got = mask, pos[:, -1], []
+                    for s in range(steps):
+                        nxt = out.logits[:, -1].argmax(-1)
+                        got.append(nxt)
+                        m = torch.cat([m, torch.ones(B, 1, dtype=m.dtype, device=dev)], 1)
+                        last = last + 1
+                        out = model(input_ids=nxt[:, None], attention_mask=m, position_ids=last[:, None], past_key_values=pkv,
+                                    use_cache=True, logits_to_keep=1)
+                        if s == 0:
+                            first[name] = out.logits[:, -1].float()
+                    sync()
+                    t2 = time.perf_counter()
+                if name == "ring":
+                    cache_bytes = sum(layer.nbytes() for layer in pkv.layers)
+                else:
+                    cache_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in pkv.layers)
+                toks[name] = torch.stack(got, 1)
+                res[f"moa{dp}_{name}"] = {"prefill_ms": (t1 - t0) * 1e3, "decode_ms_per_step": (t2 - t1) / steps * 1e3,
+                                          "peak_extra_gb": peak_gb() - base, "cache_gb": cache_bytes / 2**30}
+                del pkv, out
+        res[f"moa{dp}_first_step_logits_rel_err"] = rel(first["ring"], first["dynamic"])
+        res[f"moa{dp}_greedy_token_agreement"] = float((toks["ring"] == toks["dynamic"]).float().mean())
+        r, d = res[f"moa{dp}_ring"], res[f"moa{dp}_dynamic"]
+        res[f"moa{dp}_decode_speedup"] = d["decode_ms_per_step"] / r["decode_ms_per_step"]
+        print(f"ringgen {dp}%:", json.dumps({k: v for k, v in res.items() if k.startswith(f"moa{dp}")}))
+    del model
+    peak_reset()
+    return res
+
+
 # ---------------------------------------------------------------- decode attention step
 def part_decode(dev, small, N, B):
     torch.manual_seed(1)
@@ -766,6 +840,9 @@ def main():
     if "padded" in parts:
         RES["padded_prefill"] = part_padded(dev, args.small, [int(x) for x in args.lengths.split(",")])
         save()
+    if "ringgen" in parts:
+        RES["ring_generation"] = part_ringgen(dev, args.small, 512 if args.small else args.prompt, 8 if args.small else args.steps)
+        save()
     if "loopcheck" in parts:
         RES["loopcheck"] = part_loopcheck(dev)
         save()
@@ -800,6 +877,13 @@ def main():
                   f"moa{dp} kernel {r[f'moa{dp}_auto_ms'] or float('nan'):.2f} masked {r[f'moa{dp}_masked_ms'] or float('nan'):.2f} "
                   f"(x{r.get(f'speedup_{dp}_vs_dense_per_row', 0):.2f} vs dense per row, err {r.get(f'moa{dp}_kernel_vs_masked_rel_err', float('nan')):.1e})"
                   for dp in (50, 25)))
+    rg = RES.get("ring_generation")
+    if rg:
+        for dp in (50, 25):
+            d, r = rg[f"moa{dp}_dynamic"], rg[f"moa{dp}_ring"]
+            print(f"generation {dp}% B={rg['B']}: decode dynamic {d['decode_ms_per_step']:.1f} ms/step, cache {d['cache_gb']:.2f} GB, "
+                  f"peak +{d['peak_extra_gb']:.1f} GB | ring {r['decode_ms_per_step']:.1f} ms/step ({rg[f'moa{dp}_decode_speedup']:.2f}x), "
+                  f"cache {r['cache_gb']:.2f} GB, peak +{r['peak_extra_gb']:.1f} GB | tokens agree {rg[f'moa{dp}_greedy_token_agreement']:.3f}")
     e = RES.get("e2e")
     if e:
         for k in ("dense_hf", "dense_static_own_loop", "moa50", "moa25"):
