@@ -56,6 +56,7 @@ class SparseLayerCache:
         T = k.shape[2]
         if n_real is not None and any(int(x) != T for x in n_real):
             self.lengths = [int(x) for x in n_real]  # rows differ: per-row slots from here on
+            self._lengths_t = torch.tensor(self.lengths, device=k.device)  # the same on the device (no syncs per step)
             for b, n in enumerate(self.lengths):
                 self._store(k[b:b + 1, :, T - n:], v[b:b + 1, :, T - n:], rows=slice(b, b + 1))
             self.length = max(self.lengths)
@@ -77,12 +78,15 @@ class SparseLayerCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Add one token's keys/values (B, H_kv, 1, D)."""
-        if self.lengths is not None:  # rows of different lengths: each row's own slot
+        if self.lengths is not None:  # rows of different lengths: each row's own slot, computed on the device
             rows = torch.arange(k.shape[0], device=k.device)
+            t = self._lengths_t
             for kv, _, cap, K, V in self.groups:
-                s = torch.cat([self._slots(t, t + 1, cap) if t >= cap else torch.tensor([t]) for t in self.lengths]).to(k.device)
+                ring = cap - self.sinks
+                s = torch.where(t < self.sinks, t, self.sinks + (t - self.sinks) % ring) if ring > 0 else t.clamp(max=cap - 1)
                 K[rows, :, s], V[rows, :, s] = (k[:, :, 0], v[:, :, 0]) if self.single else (k[:, kv, 0], v[:, kv, 0])
-            self.lengths = [t + 1 for t in self.lengths]
+            self._lengths_t = t + 1
+            self.lengths = [x + 1 for x in self.lengths]
             self.length = max(self.lengths)
             return
         t = self.length
@@ -99,6 +103,7 @@ class SparseLayerCache:
         self.groups = [(kv, qh, cap, K[rows], V[rows]) for kv, qh, cap, K, V in self.groups]
         if self.lengths is not None:
             self.lengths = [self.lengths[int(r)] for r in rows.tolist()]
+            self._lengths_t = self._lengths_t[rows.to(self._lengths_t.device)]
             self.length = max(self.lengths)
 
     split_kv = True  # CUDA: buffers of few (row, KV head) pairs on the flash kernel (see attend)
@@ -119,7 +124,7 @@ class SparseLayerCache:
             qg = (q if self.single else q[:, qh]).reshape(B, len(kv), self.group, D)  # G query rows per KV head
             filled = None if self.lengths is None else [min(t, cap) for t in self.lengths]
             if filled is not None and min(filled) < n:  # some row's buffer is not full yet: mask its empty slots
-                m = torch.arange(n, device=q.device)[None, :] < torch.tensor(filled, device=q.device)[:, None]
+                m = torch.arange(n, device=q.device)[None, :] < self._lengths_t.clamp(max=cap)[:, None]
                 o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], attn_mask=m[:, None, None, :], scale=scale)
             elif self.split_kv and n >= 4096 and _flash_ok(q) and 4 * B * len(kv) <= _sm_count(q.device):
                 o = _FLASH(qg, K[:, :, :n], V[:, :, :n], scale=scale)[0]
