@@ -565,7 +565,9 @@ def part_ringgen(dev, small, P, steps, B=8):
         spans = [synthetic_spans(dens, P + steps, layer=i) for i in range(nl)]
         _attach(model, kernels, spans, "auto")
         toks, first = {}, {}
-        for name in ("warm-up dynamic", "warm-up ring", "dynamic", "ring"):  # warm-ups: kernels compile and cache first
+        # warm-ups: kernels compile and cache first; then each cache is timed twice, alternating (the first
+        # dynamic run grows the allocator's pool), and both timings are kept
+        for name in ("warm-up dynamic", "warm-up ring", "dynamic", "ring", "dynamic", "ring"):
             nsteps = 4 if name.startswith("warm-up") else steps
             peak_reset()
             base = torch.cuda.memory_allocated() / 2**30 if dev == "cuda" else 0.0
@@ -598,8 +600,11 @@ def part_ringgen(dev, small, P, steps, B=8):
                 else:
                     cache_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in pkv.layers)
                 toks[name] = torch.stack(got, 1)
-                res[f"moa{dp}_{name}"] = {"prefill_ms": (t1 - t0) * 1e3, "decode_ms_per_step": (t2 - t1) / steps * 1e3,
-                                          "peak_extra_gb": peak_gb() - base, "cache_gb": cache_bytes / 2**30}
+                run = {"prefill_ms": (t1 - t0) * 1e3, "decode_ms_per_step": (t2 - t1) / steps * 1e3,
+                       "peak_extra_gb": peak_gb() - base, "cache_gb": cache_bytes / 2**30}
+                if f"moa{dp}_{name}" in res:  # the second timing is the one reported; the first is kept beside it
+                    run["first_run"] = res[f"moa{dp}_{name}"]
+                res[f"moa{dp}_{name}"] = run
                 del pkv, out
         res[f"moa{dp}_first_step_logits_rel_err"] = rel(first["ring"], first["dynamic"])
         res[f"moa{dp}_greedy_token_agreement"] = float((toks["ring"] == toks["dynamic"]).float().mean())
