@@ -546,12 +546,7 @@ def part_ringgen(dev, small, P, steps, B=8):
     print("ring vs dynamic, fp32, every step:", res["fp32_ring_vs_dynamic_logits_rel_err_max_step"])
     del mc, ld, lr, rc
 
-    cfg = llama_config(small)
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(dev):
-        model = LlamaForCausalLM(cfg).eval()
-    torch.set_default_dtype(torch.float32)
+    cfg, model = random_llama(dev, small)
     nl = cfg.num_hidden_layers
     lens = [[P, 3 * P // 4, P // 2, P // 4][b % 4] for b in range(B)]
     inp = torch.randint(0, cfg.vocab_size, (B, P), device=dev)
@@ -728,19 +723,27 @@ def part_loopcheck(dev):
     return {"own_loop_vs_hf_logits_rel_err_fp32_4layers": e}
 
 
+def random_llama(dev, small, seed: int = 0):
+    """(config, LlamaForCausalLM) of the Llama-3-8B shape with random bf16 weights."""
+    from transformers import LlamaForCausalLM
+
+    cfg = llama_config(small)
+    torch.manual_seed(seed)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(dev):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    return cfg, model
+
+
 def per_seq_bytes(caps_per_layer):
     return sum(sum(c) for c in caps_per_layer) * D * 2 * 2  # K and V, bf16
 
 
 def part_e2e(dev, small, P, steps):
-    from transformers import DynamicCache, LlamaForCausalLM
+    from transformers import DynamicCache
 
-    cfg = llama_config(small)
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(dev):
-        model = LlamaForCausalLM(cfg).eval()
-    torch.set_default_dtype(torch.float32)
+    cfg, model = random_llama(dev, small)
     nl = cfg.num_hidden_layers
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     total = torch.cuda.get_device_properties(0).total_memory if dev == "cuda" else 8 << 30
