@@ -30,11 +30,14 @@ CACHES = ("dynamic", "ring")
 class RingLayer(DynamicLayer):
     """One layer's ring cache. ``caps`` slots per KV head; ``n_real`` real tokens per prompt row."""
 
+    is_croppable = False
+
     def __init__(self, caps: list[int], sinks: int, n_q_heads: int, n_real: list[int]):
         super().__init__()
         self.caps, self.sinks, self.n_q_heads, self.n_real = caps, sinks, n_q_heads, n_real
         self.ring: SparseLayerCache | None = None
         self.seen = 0  # positions seen (padded prompt + new tokens): what transformers' masks count
+        self._last = None  # the key tensor update() stored last: only its attention call is a ring decode step
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -51,11 +54,12 @@ class RingLayer(DynamicLayer):
         else:
             raise ValueError("the ring cache takes one prompt, then one token per step")
         self.seen += key_states.shape[2]
+        self._last = key_states
         return key_states, value_states  # the prefill attends to the prompt; decode steps attend to the ring
 
     def decode_step(self, query: torch.Tensor, key: torch.Tensor) -> bool:
         """Whether this attention call is a decode step whose token :meth:`update` just stored."""
-        return self.ring is not None and query.shape[2] == 1 and key.shape[2] == 1 and self.seen > 1
+        return self.ring is not None and key is self._last and query.shape[2] == 1 and key.shape[2] == 1 and self.seen > 1
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -73,8 +77,26 @@ class RingLayer(DynamicLayer):
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("the ring cache cannot be cropped (tokens that left the ring are gone)")
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("the ring cache does not support repeating batch rows")
+
+    def reset(self) -> None:
+        self.ring, self.seen, self._last, self.is_initialized = None, 0, None, False
+
     def nbytes(self) -> int:
         return self.ring.nbytes() if self.ring is not None else 0
+
+
+def check_supported(model, max_len: int) -> None:
+    """Refuse models whose own windows (sliding or chunked layers) would cut a sequence of ``max_len``
+    tokens: the ring would not apply them."""
+    cfg = model.config
+    windowed = sorted({t for t in (getattr(cfg, "layer_types", None) or []) if t != "full_attention"})
+    w = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
+    if (windowed or w) and (w is None or max_len > w):
+        raise ValueError(f"{type(model).__name__} limits {', '.join(windowed) or 'its'} layers to a window of its own "
+                         f"({w} tokens) and this generation reaches {max_len} tokens; the ring cache would not keep that "
+                         "window: use cache 'dynamic' for this model")
 
 
 def ring_cache(model, n_real: list[int], max_len: int) -> Cache:
@@ -82,13 +104,14 @@ def ring_cache(model, n_real: list[int], max_len: int) -> Cache:
     ``n_real`` real tokens that will grow to at most ``max_len`` tokens."""
     from .kernels import attention_modules
 
+    check_supported(model, max_len)
+    cfg = model.config
     layers = []
     for m in attention_modules(model):
         rules = getattr(m, "_ctxflow_rules", None)
         if rules is None or rules.alpha.dim() != 1:
             raise ValueError("the ring cache needs one attention plan applied to the model (attention: streaming or moa)")
         spans = rules.spans(torch.tensor([max_len]))[0].tolist()
-        cfg = model.config
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         layers.append(RingLayer(kv_caps(spans, n_kv, rules.sinks, max_len), rules.sinks, len(spans), list(n_real)))
     return Cache(layers=layers)

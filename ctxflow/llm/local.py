@@ -415,10 +415,28 @@ class LocalLM(GreyBox, LLM):
              completion_tokens=completion_toks, cached=n_cached)
         return results  # type: ignore[return-value]
 
+    def _decode_cache(self, n_real: list[int], max_len: int):
+        """(past_key_values, context) for one generation: transformers' DynamicCache, or with
+        ``attention: {..., cache: ring}`` the constant-memory ring cache attached to the model for the
+        duration (under a lock kept on the model: instances sharing its weights take turns)."""
+        from transformers import DynamicCache
+
+        model = self._model
+        if self.attention is None or self.attention.get("cache") != "ring":
+            return DynamicCache(config=model.config), nullcontext()
+        from contextlib import ExitStack
+
+        from ..attention.ring import attached, ring_cache
+
+        pkv = ring_cache(model, n_real, max_len)
+        stack = ExitStack()
+        stack.enter_context(model.__dict__.setdefault("_ctxflow_ring_lock", threading.RLock()))
+        stack.enter_context(attached(model, pkv))
+        return pkv, stack
+
     def _generate_batch(self, batch: list[list[int]], max_new_tokens: int, stops: list[str], temperature: float,
                         seeds: list[int | None]) -> list[Generation]:
         import torch
-        from transformers import DynamicCache
 
         model, dev = self._model, self._model.device
         B = len(batch)
@@ -446,14 +464,8 @@ class LocalLM(GreyBox, LLM):
         rows = torch.tensor(active, dtype=torch.long)
         if len(active) < B:
             inp, mask, pos = inp[rows.to(dev)], mask[rows.to(dev)], pos[rows.to(dev)]
-        ring = self.attention is not None and self.attention.get("cache") == "ring"
-        if ring:  # sinks + ring buffer per KV head, sized once for the longest row (constant memory)
-            from ..attention.ring import attached, ring_cache
-
-            pkv = ring_cache(model, [len(batch[r]) for r in active], max(len(batch[r]) + budget[r] for r in active))
-        else:
-            pkv = DynamicCache(config=model.config)
-        with (self._lock if ring else nullcontext()), torch.inference_mode(), (attached(model, pkv) if ring else nullcontext()):
+        pkv, decode_ctx = self._decode_cache([len(batch[r]) for r in active], max(len(batch[r]) + budget[r] for r in active))
+        with decode_ctx, torch.inference_mode():
             out = model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=pkv, use_cache=True, logits_to_keep=1)
             last_pos = pos[:, -1]
             while True:
@@ -514,7 +526,6 @@ class LocalLM(GreyBox, LLM):
         cache: a cached answer arrives as one piece). Text that could be the start of a stop string
         is held back until it is known not to be one."""
         import torch
-        from transformers import DynamicCache
 
         self.warm_up()
         if temperature < 0:
@@ -542,8 +553,8 @@ class LocalLM(GreyBox, LLM):
         out_ids: list[int] = []
         logprob, reason, sent, final = 0.0, "length", "", None
         hold = max((len(s) for s in stops), default=1) - 1
-        with torch.inference_mode():
-            pkv = DynamicCache(config=model.config)
+        pkv, decode_ctx = self._decode_cache([len(x)], len(x) + max(budget, 0))
+        with decode_ctx, torch.inference_mode():
             inp = torch.tensor([x], dtype=torch.long, device=dev)
             pos = torch.arange(len(x), device=dev)[None]  # (1, T)
             out = model(input_ids=inp, attention_mask=torch.ones_like(inp), position_ids=pos, past_key_values=pkv,

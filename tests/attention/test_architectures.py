@@ -127,3 +127,16 @@ def test_kernel_prefill_mask_edge_cases():
         sparse_sdpa(mod, q, k, v, mask, softcap=30.0)
     with pytest.raises(ValueError, match="neither attention logit soft-capping nor learned sink logits"):
         sparse_sdpa(mod, q, k, v, mask, s_aux=torch.zeros(2))
+
+
+def test_ring_cache_refuses_models_with_windows_of_their_own():
+    from ctxflow.attention.ring import ring_cache
+
+    m = tiny("mistral", sliding_window=16)
+    apply_plan(m, plan_for(m, Rule(8, 0.0)))
+    with pytest.raises(ValueError, match="limits its layers to a window of its own \\(16 tokens\\) and this generation reaches 20 tokens.*use cache 'dynamic'"):
+        ring_cache(m, [10], 20)
+    assert len(ring_cache(m, [10], 16).layers) == 2  # within the model's window: nothing to keep
+    ok = tiny("llama")
+    apply_plan(ok, plan_for(ok, Rule(8, 0.0)))
+    assert len(ring_cache(ok, [10], 20).layers) == 2

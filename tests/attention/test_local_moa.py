@@ -198,3 +198,20 @@ def test_ring_cache_option_is_validated():
     with pytest.raises(ValueError, match="attention cache must be one of dynamic, ring .* got 'paged'"):
         LocalLM(attention={"type": "streaming", "cache": "paged"})
     assert LocalLM(attention={"type": "streaming", "cache": "dynamic"}).attention == {"type": "streaming", "density": 0.5, "sinks": 64}
+
+
+def test_ring_cache_streams_the_same_text_and_only_serves_its_own_steps(llm, full_plan):
+    from ctxflow.attention.ring import RingLayer
+
+    dense = LocalLM(cache=False)
+    ring = LocalLM(cache=False, attention={"type": "moa", "plan": full_plan, "cache": "ring"})
+    pieces = []
+    g = ring.generate_stream(RING_PROMPTS[2], pieces.append, max_new_tokens=20)
+    assert "".join(pieces) == g.text == dense.generate([RING_PROMPTS[2]], max_new_tokens=20)[0].text
+    layer = RingLayer([8], 2, 2, [5])
+    k = torch.randn(1, 1, 5, 4)
+    layer.update(k, k.clone())
+    step = torch.randn(1, 1, 1, 4)
+    layer.update(step, step.clone())
+    q = torch.randn(1, 2, 1, 4)
+    assert layer.decode_step(q, step) and not layer.decode_step(q, step.clone())  # another forward's token: not ours
