@@ -44,10 +44,13 @@ class SparseLayerCache:
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() * 2 for _, _, _, k, _ in self.groups)
 
-    def _slots(self, t0: int, t1: int, cap: int) -> torch.Tensor:
-        t = torch.arange(t0, t1)
+    def _slot_of(self, t: torch.Tensor, cap: int) -> torch.Tensor:
+        """The slot of token index ``t`` (any shape) in a buffer of ``cap`` slots."""
         ring = cap - self.sinks
-        return torch.where(t < self.sinks, t, self.sinks + (t - self.sinks) % max(ring, 1)) if ring > 0 else t.clamp(max=cap - 1)
+        return torch.where(t < self.sinks, t, self.sinks + (t - self.sinks) % ring) if ring > 0 else t.clamp(max=cap - 1)
+
+    def _slots(self, t0: int, t1: int, cap: int) -> torch.Tensor:
+        return self._slot_of(torch.arange(t0, t1), cap)
 
     def prefill(self, k: torch.Tensor, v: torch.Tensor, n_real=None) -> None:
         """Store a prompt's keys/values (B, H_kv, T, D), keeping per head the sinks and the last
@@ -82,8 +85,7 @@ class SparseLayerCache:
             rows = torch.arange(k.shape[0], device=k.device)
             t = self._lengths_t
             for kv, _, cap, K, V in self.groups:
-                ring = cap - self.sinks
-                s = torch.where(t < self.sinks, t, self.sinks + (t - self.sinks) % ring) if ring > 0 else t.clamp(max=cap - 1)
+                s = self._slot_of(t, cap)
                 K[rows, :, s], V[rows, :, s] = (k[:, :, 0], v[:, :, 0]) if self.single else (k[:, kv, 0], v[:, kv, 0])
             self._lengths_t = t + 1
             self.lengths = [x + 1 for x in self.lengths]
@@ -122,8 +124,7 @@ class SparseLayerCache:
         for kv, qh, cap, K, V in self.groups:
             n = min(self.length, cap)
             qg = (q if self.single else q[:, qh]).reshape(B, len(kv), self.group, D)  # G query rows per KV head
-            filled = None if self.lengths is None else [min(t, cap) for t in self.lengths]
-            if filled is not None and min(filled) < n:  # some row's buffer is not full yet: mask its empty slots
+            if self.lengths is not None and min(self.lengths) < n:  # some row's buffer is not full yet: mask its empty slots
                 m = torch.arange(n, device=q.device)[None, :] < self._lengths_t.clamp(max=cap)[:, None]
                 o = F.scaled_dot_product_attention(qg, K[:, :, :n], V[:, :, :n], attn_mask=m[:, None, None, :], scale=scale)
             elif self.split_kv and n >= 4096 and _flash_ok(q) and 4 * B * len(kv) <= _sm_count(q.device):

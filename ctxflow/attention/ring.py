@@ -17,14 +17,13 @@ full windows both equal dense attention exactly.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .cache import SparseLayerCache, kv_caps
-
-CACHES = ("dynamic", "ring")
 
 
 class RingLayer(DynamicLayer):
@@ -106,27 +105,29 @@ def ring_cache(model, n_real: list[int], max_len: int) -> Cache:
 
     check_supported(model, max_len)
     cfg = model.config
+    n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     layers = []
     for m in attention_modules(model):
         rules = getattr(m, "_ctxflow_rules", None)
         if rules is None or rules.alpha.dim() != 1:
             raise ValueError("the ring cache needs one attention plan applied to the model (attention: streaming or moa)")
         spans = rules.spans(torch.tensor([max_len]))[0].tolist()
-        n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         layers.append(RingLayer(kv_caps(spans, n_kv, rules.sinks, max_len), rules.sinks, len(spans), list(n_real)))
     return Cache(layers=layers)
 
 
 @contextmanager
 def attached(model, cache: Cache):
-    """Point every attention module at its ring layer for the duration (``kernels.sparse_sdpa`` reads it)."""
+    """Point every attention module at its ring layer for the duration (``kernels.sparse_sdpa`` reads it),
+    under a lock kept on the model: callers sharing its weights take turns."""
     from .kernels import attention_modules
 
     mods = attention_modules(model)
-    try:
-        for m, layer in zip(mods, cache.layers):
-            m._ctxflow_ring = layer
-        yield cache
-    finally:
-        for m in mods:
-            m.__dict__.pop("_ctxflow_ring", None)
+    with model.__dict__.setdefault("_ctxflow_ring_lock", threading.RLock()):
+        try:
+            for m, layer in zip(mods, cache.layers):
+                m._ctxflow_ring = layer
+            yield cache
+        finally:
+            for m in mods:
+                m.__dict__.pop("_ctxflow_ring", None)

@@ -418,21 +418,16 @@ class LocalLM(GreyBox, LLM):
     def _decode_cache(self, n_real: list[int], max_len: int):
         """(past_key_values, context) for one generation: transformers' DynamicCache, or with
         ``attention: {..., cache: ring}`` the constant-memory ring cache attached to the model for the
-        duration (under a lock kept on the model: instances sharing its weights take turns)."""
+        duration (:func:`ctxflow.attention.ring.attached`)."""
         from transformers import DynamicCache
 
         model = self._model
         if self.attention is None or self.attention.get("cache") != "ring":
             return DynamicCache(config=model.config), nullcontext()
-        from contextlib import ExitStack
-
         from ..attention.ring import attached, ring_cache
 
         pkv = ring_cache(model, n_real, max_len)
-        stack = ExitStack()
-        stack.enter_context(model.__dict__.setdefault("_ctxflow_ring_lock", threading.RLock()))
-        stack.enter_context(attached(model, pkv))
-        return pkv, stack
+        return pkv, attached(model, pkv)
 
     def _generate_batch(self, batch: list[list[int]], max_new_tokens: int, stops: list[str], temperature: float,
                         seeds: list[int | None]) -> list[Generation]:
