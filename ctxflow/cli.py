@@ -308,6 +308,25 @@ _SUBCOMMAND_MODULES = (
 )
 
 
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse an output file that cannot be written *before* the work that fills it runs (a run's
+    trace, a summary, a MoA plan or profile), so a long run is not lost to a typo in a path."""
+    for flag in ("trace", "out", "output", "json"):
+        value = getattr(args, flag, None)
+        if not isinstance(value, str) or not value:
+            continue  # unset, or a --json switch
+        path = Path(value)
+        if path.is_dir():
+            raise UserError(f"--{flag} {value} is a folder; give a file name inside it.")
+        try:  # the folder it goes in is made now, as `mkdir -p` would
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--{flag} {value}: cannot make its folder {path.parent} ({exc.strerror or exc}); "
+                            "choose another path.") from None
+        if not os.access(path.parent, os.W_OK):
+            raise UserError(f"--{flag} {value}: the folder {path.parent} is not writable; choose another path.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -317,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
+        _check_output_paths(args)
         return int(args.fn(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -58,7 +58,7 @@ def pack(llm: LLM, chunks: list[Chunk], budget: int, sep: str = "\n\n") -> list[
     used, out = 0, []
     sep_t = llm.count_tokens(sep) if sep.strip() else 1
     for c in chunks:
-        n = c.n_tokens or llm.count_tokens(c.text)
+        n = llm.count_tokens(c.text)  # not c.n_tokens: the chunker may have counted with another tokenizer (or words)
         if used + n + (sep_t if out else 0) <= budget:
             out.append(c)
             used += n + (sep_t if len(out) > 1 else 0)

@@ -45,7 +45,9 @@ def token_ids(llm: Any, text: str, add_special_tokens: bool = False) -> list[int
 
 # -- packing chunks into windows ---------------------------------------------------------
 def _n(llm: Any, c: Chunk) -> int:
-    return c.n_tokens or llm.count_tokens(c.text)
+    # counted with this model's tokenizer: a chunk's own n_tokens may come from another one (a chunker
+    # given no llm counts words)
+    return llm.count_tokens(c.text)
 
 
 def split_to_fit(llm: Any, chunk: Chunk, budget: int) -> list[Chunk]:

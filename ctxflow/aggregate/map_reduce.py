@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
+from ..graph.params import PositiveInt, UnitFloat, check_template
 from ..types import Answer, Chunk
 from .base import ChunkList, best_span, budget_for, check_question, support, unwrap
 
@@ -121,10 +122,10 @@ class MapReduce(Component):
     optional and only steers the focus). Prompts left unset come from the mode. ``map_batch``:
     map in slices of that many chunks with a progress event after each (None: one batch)."""
 
-    def __init__(self, llm: LLMRef = "llm", max_new_tokens: int = 96, map_tokens: int = 96, collapse_tokens: int = 128,
-                 max_depth: int = 4, map_prompt: str | None = None, collapse_prompt: str | None = None,
-                 combine_prompt: str | None = None, reserve: float = 0.0, max_chunks: int | None = None,
-                 mode: str = "qa", map_batch: int | None = None):
+    def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, map_tokens: PositiveInt = 96, collapse_tokens: PositiveInt = 128,
+                 max_depth: PositiveInt = 4, map_prompt: str | None = None, collapse_prompt: str | None = None,
+                 combine_prompt: str | None = None, reserve: UnitFloat = 0.0, max_chunks: PositiveInt | None = None,
+                 mode: str = "qa", map_batch: PositiveInt | None = None):
         if mode not in PROMPTS:
             raise UserError(f"mode must be one of {', '.join(PROMPTS)}, got {mode!r}.")
         defaults = PROMPTS[mode]
@@ -132,8 +133,7 @@ class MapReduce(Component):
         collapse_prompt = collapse_prompt if collapse_prompt is not None else defaults[1]
         combine_prompt = combine_prompt if combine_prompt is not None else defaults[2]
         for name, p in (("map_prompt", map_prompt), ("collapse_prompt", collapse_prompt), ("combine_prompt", combine_prompt)):
-            if "{context}" not in p or "{question}" not in p:
-                raise UserError(f"{name} must contain {{context}} and {{question}}.")
+            check_template(name, p, ("context", "question"), ("context", "question"))
         if max_depth < 0:
             raise UserError(f"max_depth must be >= 0, got {max_depth}.")
         if min(max_new_tokens, map_tokens, collapse_tokens) < 1:

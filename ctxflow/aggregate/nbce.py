@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from ..errors import UserError
 from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
+from ..graph.params import FiniteFloat, NonNegativeFloat, PositiveInt, UnitFloat, check_template
 from ..types import Answer, Chunk
 from .base import ChunkList, check_question, in_order, support
 from .grey import additive, cache_layers, make_windows, model_dtype, stop_text, window_text
@@ -158,12 +159,11 @@ class NBCE(Component):
     what fits the model's context next to the prompt and the answer). ``beta``, ``pooling``,
     ``eta``, ``top_p``: see the module docstring."""
 
-    def __init__(self, llm: LLMRef = "llm", max_new_tokens: int = 64, n_contexts: int | None = None,
-                 context_tokens: int | None = None, beta: float = 0.25, pooling: str = "min_entropy", eta: float = 0.1,
-                 top_p: float = 0.95, prompt: str = PROMPT, order: str = "score", stop: list[str] | None = None,
-                 chat: bool = True, max_chunks: int | None = None):
-        if "{context}" not in prompt or "{question}" not in prompt:
-            raise UserError("prompt must contain {context} and {question}.")
+    def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 64, n_contexts: PositiveInt | None = None,
+                 context_tokens: PositiveInt | None = None, beta: FiniteFloat = 0.25, pooling: str = "min_entropy", eta: NonNegativeFloat = 0.1,
+                 top_p: UnitFloat = 0.95, prompt: str = PROMPT, order: str = "score", stop: list[str] | None = None,
+                 chat: bool = True, max_chunks: PositiveInt | None = None):
+        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
         if pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
         if order not in ("score", "document"):

@@ -39,6 +39,7 @@ from typing import Any, Sequence
 from ..errors import UserError
 from ..events import emit, progress
 from ..graph.component import Component, LLMRef, OptionalEmbedderRef, component
+from ..graph.params import NonNegativeFloat, PositiveInt, check_template
 from ..types import Answer, Chunk
 from .base import ChunkList, best_span, check_question, in_order, support
 from .grey import additive, cache_layers, make_windows, model_dtype, specials, stop_text, template_parts, token_ids, window_text
@@ -235,14 +236,13 @@ class PCW(Component):
     ``embedder``), "score" (the best incoming chunk score, e.g. from a retriever), "relevance"
     (the model's own yes/no log-odds, one extra batched forward) or "order" (the first ones)."""
 
-    def __init__(self, llm: LLMRef = "llm", max_new_tokens: int = 64, n_windows: int | None = None,
-                 window_tokens: int | None = None, prompt: str | None = None, dedupe: str = "prefix", order: str = "score",
-                 stop: list[str] | None = None, chat: bool = True, max_chunks: int | None = None,
-                 question_in_windows: bool = False, answer_prefix: str = "", rescale: float = 1.0,
-                 keep_windows: int | None = None, rank: str = "embedding", embedder: OptionalEmbedderRef = None):
+    def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 64, n_windows: PositiveInt | None = None,
+                 window_tokens: PositiveInt | None = None, prompt: str | None = None, dedupe: str = "prefix", order: str = "score",
+                 stop: list[str] | None = None, chat: bool = True, max_chunks: PositiveInt | None = None,
+                 question_in_windows: bool = False, answer_prefix: str = "", rescale: NonNegativeFloat = 1.0,
+                 keep_windows: PositiveInt | None = None, rank: str = "embedding", embedder: OptionalEmbedderRef = None):
         prompt = prompt if prompt is not None else PROMPT_Q if question_in_windows else PROMPT
-        if "{context}" not in prompt or "{question}" not in prompt:
-            raise UserError("prompt must contain {context} and {question}.")
+        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
         if dedupe not in ("prefix", "bos", "none"):
             raise UserError(f"dedupe must be 'prefix', 'bos' or 'none', got {dedupe!r}.")
         if order not in ("score", "document"):

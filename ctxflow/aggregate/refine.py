@@ -18,6 +18,7 @@ import re
 from ..errors import UserError
 from ..events import progress
 from ..graph.component import Component, LLMRef, component
+from ..graph.params import PositiveInt, UnitFloat, check_template
 from ..types import Answer, Chunk
 from .base import ChunkList, best_span, budget_for, check_question, pack, support, unwrap
 
@@ -46,13 +47,11 @@ def normalise(text: str) -> str:
 class Refine(Component):
     """Sequential refinement; ``early_stop`` = stop after that many steps without a change."""
 
-    def __init__(self, llm: LLMRef = "llm", max_new_tokens: int = 96, qa_prompt: str = QA_PROMPT,
-                 refine_prompt: str = REFINE_PROMPT, chunks_per_step: int | None = None, early_stop: int | None = None,
-                 reserve: float = 0.0, max_chunks: int | None = None):
-        if "{context}" not in qa_prompt or "{question}" not in qa_prompt:
-            raise UserError("qa_prompt must contain {context} and {question}.")
-        if not all(k in refine_prompt for k in ("{context}", "{question}", "{answer}")):
-            raise UserError("refine_prompt must contain {context}, {question} and {answer}.")
+    def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, qa_prompt: str = QA_PROMPT,
+                 refine_prompt: str = REFINE_PROMPT, chunks_per_step: PositiveInt | None = None, early_stop: PositiveInt | None = None,
+                 reserve: UnitFloat = 0.0, max_chunks: PositiveInt | None = None):
+        check_template("qa_prompt", qa_prompt, ("context", "question"), ("context", "question"))
+        check_template("refine_prompt", refine_prompt, ("context", "question", "answer"), ("context", "question", "answer"))
         if early_stop is not None and early_stop < 1:
             raise UserError(f"early_stop must be >= 1 (or null), got {early_stop}.")
         if chunks_per_step is not None and chunks_per_step < 1:

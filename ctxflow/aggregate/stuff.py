@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..graph.component import Component, LLMRef, component
+from ..graph.params import PositiveInt, check_template
 from ..types import Answer
 from .base import ChunkList, best_span, budget_for, check_question, pack, support, unwrap
 
@@ -19,10 +20,9 @@ class Stuff(Component):
     ``order``: "score" keeps the incoming order (best first); "document" re-sorts the packed
     chunks by position in the source (helps when they are consecutive passages)."""
 
-    def __init__(self, llm: LLMRef = "llm", max_new_tokens: int = 96, prompt: str = PROMPT, order: str = "score",
-                 max_chunks: int | None = None):
-        if "{context}" not in prompt or "{question}" not in prompt:
-            raise ValueError("prompt must contain {context} and {question}")
+    def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, prompt: str = PROMPT, order: str = "score",
+                 max_chunks: PositiveInt | None = None):
+        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
         if order not in ("score", "document"):
             raise ValueError(f"order must be 'score' or 'document', got {order!r}")
         self.llm, self.max_new_tokens, self.prompt, self.order, self.max_chunks = llm, max_new_tokens, prompt, order, max_chunks

@@ -42,7 +42,9 @@ def normalize_attention(spec: Any) -> dict[str, Any] | None:
                "moa": {"type", "plan", "density", "cache"}}[kind]
     unknown = set(spec) - allowed
     if unknown:
-        raise ValueError(f"attention type {kind}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(allowed))}")
+        hint = (" (RoPE scaling is the model's own option beside attention: rope_scaling: {type: yarn, factor: 2})"
+                if "rope_scaling" in unknown else "")
+        raise ValueError(f"attention type {kind}: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(allowed))}{hint}")
     if kind == "dense":
         return None
     out = dict(spec)

@@ -313,6 +313,7 @@ def cmd_eval(args) -> int:
         se = f" ± {r['log_ratio_se'] * 100:.2f}%" if r.get("log_ratio_se") else ""
         print(f"| {name} | {r['perplexity']:.3f} | {r.get('ppl_vs_dense', 0) * 100:+.2f}%{se} | {r['retrieval_accuracy']:.2f} |")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(table, indent=1))
     return 0
 

@@ -177,6 +177,8 @@ def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     B, H, Q, D = query.shape
     K = key.shape[2]
     rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)
+    if _PROBE and rules is not None:
+        _PROBE[-1].add(id(module))
     if rules is not None and not rules.full:  # before any (Q, K) mask is built here
         out = _window_prefill(rules, query, key, value, attention_mask, scaling)
         if out is not None:
@@ -224,9 +226,40 @@ def register() -> str:
 
 
 def attention_modules(model) -> list:
-    """The self-attention modules of a transformers decoder, in layer order."""
+    """The self-attention modules of a transformers decoder, in layer order: those with a ``layer_idx``
+    and separate ``q_proj``/``o_proj`` (Llama family), or else any ``...Attention`` module with a
+    ``layer_idx`` (fused projections: GPT-2's ``c_attn``, Phi-3's ``qkv_proj``, ...). Whether they really
+    call the attention interface is checked by :func:`verify_sparse` on a tiny forward."""
     mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "o_proj") and hasattr(m, "q_proj")]
+    if not mods:
+        mods = [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)
+                and type(m).__name__.endswith("Attention") and not getattr(m, "is_cross_attention", False)]
     return sorted(mods, key=lambda m: m.layer_idx)
+
+
+_PROBE: list[set[int]] = []  # while verify_sparse runs: ids of the modules sparse_sdpa saw with rules
+
+
+def verify_sparse(model, batch: int = 1) -> None:
+    """Refuse a model on which the sparse backend would silently do nothing: run 4 tokens through it and
+    check that every attention layer called :func:`sparse_sdpa` with its rules (models whose attention
+    does not go through transformers' attention interface, e.g. BLOOM or Falcon, fail here)."""
+    if getattr(model, "_ctxflow_sparse_verified", False):
+        return
+    n = model.config.num_hidden_layers
+    seen: set[int] = set()
+    _PROBE.append(seen)
+    try:
+        with torch.inference_mode():
+            ids = torch.zeros(batch, 4, dtype=torch.long, device=model.device)  # one row per plan (apply_plans)
+            model.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        _PROBE.pop()
+    if model.config._attn_implementation != NAME or len(seen) < n:
+        raise ValueError(f"{type(model).__name__}'s attention does not run through transformers' attention interface in all "
+                         f"of its {n} layers ({len(seen)} did), so ctxflow's sparse attention would silently compute dense "
+                         "attention: use attention type 'dense' for this model")
+    model._ctxflow_sparse_verified = True
 
 
 def check_supported(model) -> None:
@@ -255,6 +288,7 @@ def apply_plan(model, plan: Plan, prefill: str = "auto") -> None:
         rules = plan.rules[m.layer_idx]
         m._ctxflow_rules = LayerRules([r.alpha for r in rules], [r.beta for r in rules], plan.sinks, prefill)
     model.set_attn_implementation(NAME)
+    verify_sparse(model)
 
 
 def apply_plans(model, plans: list[Plan]) -> None:
@@ -271,6 +305,7 @@ def apply_plans(model, plans: list[Plan]) -> None:
         rows = [p.rules[m.layer_idx] for p in plans]
         m._ctxflow_rules = LayerRules([[r.alpha for r in rs] for rs in rows], [[r.beta for r in rs] for rs in rows], plans[0].sinks)
     model.set_attn_implementation(NAME)
+    verify_sparse(model, len(plans))
 
 
 def remove_plan(model, implementation: str = "sdpa") -> None:

@@ -86,15 +86,27 @@ class RingLayer(DynamicLayer):
         return self.ring.nbytes() if self.ring is not None else 0
 
 
+def own_window(cfg) -> tuple[int | None, str] | None:
+    """``(window, layer kinds)`` when some layers of a model see only their last ``window`` tokens
+    (sliding or chunked attention: Mistral, Gemma 2/3, Llama 4, ...), else None (Qwen2 configs name a
+    ``sliding_window`` they do not use)."""
+    types = getattr(cfg, "layer_types", None)
+    w = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
+    if types:
+        windowed = sorted({t for t in types if t != "full_attention"})
+        return (w, ", ".join(windowed)) if windowed else None
+    if getattr(cfg, "use_sliding_window", True) is False or not w:
+        return None
+    return (w, "sliding_attention" if getattr(cfg, "sliding_window", None) else "chunked_attention")
+
+
 def check_supported(model, max_len: int) -> None:
     """Refuse models whose own windows (sliding or chunked layers) would cut a sequence of ``max_len``
     tokens: the ring would not apply them."""
-    cfg = model.config
-    windowed = sorted({t for t in (getattr(cfg, "layer_types", None) or []) if t != "full_attention"})
-    w = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
-    if (windowed or w) and (w is None or max_len > w):
-        raise ValueError(f"{type(model).__name__} limits {', '.join(windowed) or 'its'} layers to a window of its own "
-                         f"({w} tokens) and this generation reaches {max_len} tokens; the ring cache would not keep that "
+    own = own_window(model.config)
+    if own is not None and (own[0] is None or max_len > own[0]):
+        raise ValueError(f"{type(model).__name__} limits its {own[1]} layers to a window of its own "
+                         f"({own[0]} tokens) and this generation reaches {max_len} tokens; the ring cache would not keep that "
                          "window: use cache 'dynamic' for this model")
 
 

@@ -41,14 +41,26 @@ def apply_rope_scaling(model, spec: dict[str, Any]) -> int:
     new usable context length (trained window x factor)."""
     spec = normalize_rope(spec)
     cfg = model.config
-    orig = int(cfg.max_position_embeddings)
     if spec is None:
-        return orig
+        return int(cfg.max_position_embeddings)
+    name = type(model).__name__
+    if not isinstance(getattr(cfg, "max_position_embeddings", None), int):
+        raise ValueError(f"rope_scaling: this model ({name}) states no max_position_embeddings, so it has no RoPE window to extend")
+    orig = int(cfg.max_position_embeddings)
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     rot = getattr(base, "rotary_emb", None)
     if rot is None:
-        raise ValueError(f"rope_scaling: this model ({type(model).__name__}) has no shared rotary embedding to rescale")
+        raise ValueError(f"rope_scaling: this model ({name}) has no shared rotary embedding to rescale")
     old = dict(getattr(cfg, "rope_parameters", None) or {})
+    if old and not any(k in old for k in ("rope_type", "rope_theta")):  # one set per layer type (Gemma 3)
+        raise ValueError(f"rope_scaling: this model ({name}) has separate RoPE settings per layer type "
+                         f"({', '.join(map(str, old))}), which ctxflow does not rescale; leave rope_scaling out")
+    own = old.get("rope_type", "default")
+    if own not in ("default", None):  # Llama 3.x 'llama3', Phi-3 'longrope', ...: replacing it would change every position
+        raise ValueError(f"rope_scaling: this model already scales its RoPE ({own!r}"
+                         + (f", factor {old['factor']}" if "factor" in old else "")
+                         + "); ctxflow would replace that and change the model even inside its trained window. Leave "
+                         "rope_scaling out (the model's own scaling already sets its context length)")
     theta = old.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     params = {**{k: v for k, v in old.items() if k in ("rope_theta", "partial_rotary_factor")},
               "rope_theta": theta, "rope_type": spec["type"], "factor": spec["factor"]}

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import SpecError
 from ..graph.component import component
+from ..graph.params import PositiveInt
 from ..types import Chunk
 from .base import Chunker, LineIndex, Pieces, Range, build_chunks, check_size, merge_units, split_units
 from ..graph.component import OptionalLLMRef
@@ -201,7 +202,7 @@ class CodeChunker(Chunker):
     ``name`` (qualified, e.g. ``"Pipeline.run"``; the module name for "module" blocks), ``language``.
     A chunk keeps the indentation of its first line."""
 
-    def __init__(self, size: int = 256, language: str = "auto", path: str = "", llm: OptionalLLMRef = None):
+    def __init__(self, size: PositiveInt = 256, language: str = "auto", path: str = "", llm: OptionalLLMRef = None):
         check_size(size)
         if not isinstance(language, str) or not language.strip():
             e = SpecError(f"parameter 'language' must be 'auto', 'python' or another language name, got {language!r}.")

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 
 from ..graph.component import component
+from ..graph.params import NonNegativeInt, PositiveInt
 from ..types import Chunk
 from .base import Chunker, build_chunks, check_size, recursive_ranges
 from ..graph.component import OptionalLLMRef
@@ -72,7 +73,7 @@ class MarkdownChunker(Chunker):
     split further (paragraphs, then lines, sentences, words) with ``overlap``; text without
     headings is just split that way. Headings inside fenced code blocks are ignored."""
 
-    def __init__(self, size: int = 256, overlap: int = 0, llm: OptionalLLMRef = None):
+    def __init__(self, size: PositiveInt = 256, overlap: NonNegativeInt = 0, llm: OptionalLLMRef = None):
         check_size(size, overlap)
         self.size, self.overlap, self.llm = size, overlap, llm
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from ..graph.component import component
+from ..graph.params import NonNegativeInt, PositiveInt
 from ..types import Chunk
 from .base import DEFAULT_SEPARATORS, Chunker, build_chunks, check_size, recursive_ranges
 from ..graph.component import OptionalLLMRef
@@ -17,7 +18,7 @@ class RecursiveChunker(Chunker):
     parts are contiguous ranges of the source and the offsets are exact. The separator ``""`` cuts
     between tokens (never inside one); text with none of the separators is cut between tokens too."""
 
-    def __init__(self, size: int = 256, overlap: int = 0, separators: list[str] | None = None,
+    def __init__(self, size: PositiveInt = 256, overlap: NonNegativeInt = 0, separators: list[str] | None = None,
                  llm: OptionalLLMRef = None):
         check_size(size, overlap)
         if separators is not None and any(not isinstance(s, str) for s in separators):

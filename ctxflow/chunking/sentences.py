@@ -5,6 +5,7 @@ import re
 
 from ..errors import SpecError
 from ..graph.component import component
+from ..graph.params import NonNegativeInt, PositiveInt
 from ..types import Chunk
 from .base import Chunker, Range, build_chunks, check_size, strip_range, window_ranges
 from ..graph.component import OptionalLLMRef
@@ -95,7 +96,7 @@ class SentenceChunker(Chunker):
     the last ``overlap_sentences`` sentences of the previous one (as many as fit).
     ``meta["sentences"]`` is the number of sentences in the chunk."""
 
-    def __init__(self, size: int = 256, overlap_sentences: int = 0, llm: OptionalLLMRef = None):
+    def __init__(self, size: PositiveInt = 256, overlap_sentences: NonNegativeInt = 0, llm: OptionalLLMRef = None):
         check_size(size)
         if overlap_sentences < 0:
             e = SpecError(f"parameter 'overlap_sentences' must be 0 or more, got {overlap_sentences}.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..graph.component import component
+from ..graph.params import NonNegativeInt, PositiveInt
 from ..types import Chunk
 from .base import Chunker, build_chunks, check_size, token_windows
 from ..graph.component import OptionalLLMRef
@@ -17,7 +18,7 @@ class TokenChunker(Chunker):
     repeated at the start of the next window. Left unset, ``overlap`` is an eighth of ``size`` but at
     most 32 (32 for the default size of 256), so a small ``size`` alone is always valid."""
 
-    def __init__(self, size: int = 256, overlap: int | None = None, llm: OptionalLLMRef = None):
+    def __init__(self, size: PositiveInt = 256, overlap: NonNegativeInt | None = None, llm: OptionalLLMRef = None):
         check_size(size)
         if overlap is None:
             overlap = min(32, size // 8)

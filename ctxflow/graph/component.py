@@ -164,11 +164,25 @@ def params_model(cls: type):
     )
 
 
+def _bounds(meta: tuple) -> str:
+    """`` >= 1``-style text for the pydantic ``Field`` bounds among an ``Annotated`` type's metadata."""
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    out = []
+    for m in meta:
+        for c in getattr(m, "metadata", ()):  # a FieldInfo's constraints: annotated_types.Ge(ge=1), ...
+            for attr, op in ops.items():
+                if hasattr(c, attr):
+                    out.append(f"{op} {getattr(c, attr)}")
+    return (" " + ", ".join(out)) if out else ""
+
+
 def describe_type(t: Any) -> str:
     if t is Any:
         return "Any"
+    if t is type(None):
+        return "null"
     if getattr(t, "__metadata__", None):
-        t = get_args(t)[0]
+        return describe_type(get_args(t)[0]) + _bounds(t.__metadata__)
     origin = get_origin(t)
     if origin is Union or str(origin) == "<class 'types.UnionType'>":
         return " | ".join(describe_type(a) for a in get_args(t))
@@ -196,8 +210,9 @@ def validate_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
             msg = f"missing required parameter {loc!r} for {cls.type_name or cls.__name__}."
         else:
             f = model.model_fields.get(str(loc))
-            expected = describe_type(f.annotation) if f is not None else "?"
-            msg = f"parameter {loc!r} of {cls.type_name or cls.__name__}: expected {expected}, got {params.get(loc)!r} ({err['msg']})."
+            expected = describe_type(f.annotation) + _bounds((f,)) if f is not None else "?"
+            why = "" if err["type"] in ("greater_than_equal", "greater_than", "less_than_equal", "less_than") else f" ({err['msg']})"
+            msg = f"parameter {loc!r} of {cls.type_name or cls.__name__}: expected {expected}, got {params.get(loc)!r}{why}."
         e = SpecError(msg)
         e.param = loc  # type: ignore[attr-defined]
         raise e from None
@@ -229,8 +244,10 @@ def component(type_name: str, outputs: dict[str, Any] | None = None, requires: s
             sig = inspect.signature(orig_init)
             try:
                 bound = sig.bind(self, *args, **kwargs)
-            except TypeError:
-                bound = None
+            except TypeError as exc:
+                if args:  # positional arguments cannot be matched by name: never drop them silently
+                    raise TypeError(f"{cls.__name__}(): {exc}") from None
+                bound = None  # unknown keywords: validate_params names them and lists the valid ones
             given = dict(bound.arguments) if bound else dict(kwargs)
             given.pop("self", None)
             clean = validate_params(cls, given)

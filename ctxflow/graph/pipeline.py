@@ -61,6 +61,19 @@ def _split(ref: str, what: str) -> tuple[str, str | None]:
     return ref, None
 
 
+def _attribute(exc: Exception, name: str, type_name: str) -> None:
+    """Say which component raised ``exc``: a user mistake's message gets the component's name in
+    front (the CLI prints only the message); any other error gets a note under its traceback."""
+    where = f"component {name!r} ({type_name})"
+    if getattr(exc, "_ctxflow_component", None):
+        return
+    exc._ctxflow_component = name  # type: ignore[attr-defined]
+    if isinstance(exc, UserError) and exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{where}: {exc.args[0]}",) + exc.args[1:]
+    else:
+        exc.add_note(f"raised in {where}")
+
+
 class Pipeline:
     def __init__(self, models: dict[str, LLM | Embedder] | None = None, executor: Any = None, name: str = "pipeline"):
         self.graph = nx.MultiDiGraph()
@@ -70,6 +83,7 @@ class Pipeline:
         self.outputs: dict[str, str] = {}
         self.executor = executor
         self.name = name
+        self.name_given = name != "pipeline"  # dumped only when set (a file's name defaults to its stem)
         self.meta: dict[str, Any] = {}
         self.description: str | None = None
         self.source: str | None = None
@@ -180,6 +194,10 @@ class Pipeline:
             for _, _, d in self.graph.in_edges(c, data=True):
                 if d["inp"] == s:
                     raise ConnectionError_(f"pipeline input {name!r} targets {c}.{s}, which is already fed by {d['src']}.{d['out']}.")
+            for other, fed in self.inputs.items():
+                if other != name and f"{c}.{s}" in fed:
+                    raise ConnectionError_(f"pipeline inputs {other!r} and {name!r} both target {c}.{s}; a socket takes one "
+                                           f"input: list every socket {other!r} should feed under {other!r} alone.")
             resolved.append(f"{c}.{s}")
         self.inputs.setdefault(name, [])
         self.inputs[name].extend(r for r in resolved if r not in self.inputs[name])
@@ -299,7 +317,9 @@ class Pipeline:
                         kwargs[d["inp"]] = produced[a][d["out"]]
                 for sock in self._in(name).values():
                     if sock.required and sock.name not in kwargs:
-                        raise UserError(f"component {name!r} got no value for its required input {sock.name!r}.")
+                        src = next((f" ({a!r} did not return its declared output {d['out']!r})" for a, _, d in
+                                    self.graph.in_edges(name, data=True) if d["inp"] == sock.name), "")
+                        raise UserError(f"component {name!r} got no value for its required input {sock.name!r}{src}.")
                 bus.component = name
                 bus.emit("component_start", type=type(comp).type_name)
                 t0 = time.perf_counter()
@@ -307,6 +327,7 @@ class Pipeline:
                     out = comp.run(**kwargs)
                 except Exception as exc:
                     bus.emit("error", error=str(exc), type=type(exc).__name__)
+                    _attribute(exc, name, type(comp).type_name)
                     raise
                 dt = time.perf_counter() - t0
                 if not isinstance(out, dict):
@@ -327,7 +348,10 @@ class Pipeline:
             outputs = {}
             for pname, src in self.outputs.items():
                 c, s = src.split(".", 1)
-                outputs[pname] = produced.get(c, {}).get(s)
+                if s not in produced.get(c, {}):
+                    raise TypeError(f"component {c!r} ({type(self.component(c)).type_name}) did not return its declared "
+                                    f"output {s!r}, which is the pipeline output {pname!r}.")
+                outputs[pname] = produced[c][s]
         else:
             leaves = [n for n in self.order() if self.graph.out_degree(n) == 0]
             outputs = {f"{n}.{k}": v for n in leaves for k, v in produced.get(n, {}).items()}
@@ -349,6 +373,8 @@ class Pipeline:
             comps[name] = {"type": type(comp).type_name, **params}
         conns = sorted(f"{a}.{d['out']} -> {b}.{d['inp']}" for a, b, d in self.graph.edges(data=True))
         d: dict[str, Any] = {"version": 1}
+        if self.name_given:
+            d["name"] = self.name
         if self.description:
             d["description"] = self.description
         if self.models:

@@ -21,6 +21,7 @@ was found and what would be valid. ``dumps(loads(x))`` loads back to an equal pi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -76,8 +77,14 @@ class _Marks:
         return SpecError(msg, self.file, line, col)
 
 
-def _walk(node: yaml.Node, path: Path_, marks: _Marks) -> None:
+def _walk(node: yaml.Node, path: Path_, marks: _Marks, seen_nodes: set[int] | None = None) -> None:
     marks.value[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    # an alias (*a) is the same node object as its anchor (&a): walk it once, or a small file of
+    # nested aliases ("billion laughs") would take exponential time and memory
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for k, v in node.value:
@@ -89,10 +96,10 @@ def _walk(node: yaml.Node, path: Path_, marks: _Marks) -> None:
                 )
             seen[key] = k.start_mark.line + 1
             marks.key[path + (key,)] = (k.start_mark.line + 1, k.start_mark.column + 1)
-            _walk(v, path + (key,), marks)
+            _walk(v, path + (key,), marks, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _walk(v, path + (i,), marks)
+            _walk(v, path + (i,), marks, seen_nodes)
 
 
 def _parse(text: str, file: str) -> tuple[Any, _Marks]:
@@ -112,7 +119,19 @@ def _parse(text: str, file: str) -> tuple[Any, _Marks]:
         raise SpecError(f"invalid YAML: {what}.", file, mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML: {exc}", file, None) from None
+    except RecursionError:
+        raise SpecError("the YAML is nested too deeply to read; a pipeline file needs only a few levels.", file, None) from None
     return data, marks
+
+
+def _param_of(exc: Exception, params: dict[str, Any]) -> tuple[str, ...]:
+    """The parameter an error from a component's ``__init__`` is about, so the error points at
+    its line: the one it names in ``.param``, else the first given parameter its message names."""
+    param = getattr(exc, "param", None)
+    if param in params:
+        return (param,)
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", str(exc))
+    return next(((w,) for w in words if w in params), ())
 
 
 def _describe(v: Any) -> str:
@@ -150,6 +169,7 @@ def loads(text: str, file: str = "<string>") -> Pipeline:
         raise marks.error(f"{where}: {err['msg'].lower()}; found {_describe(err.get('input'))}.", path) from None
 
     p = Pipeline(name=spec.name or Path(file).stem)
+    p.name_given = spec.name is not None
     p.description = spec.description
     if spec.meta:
         p.meta.update(spec.meta)
@@ -191,7 +211,7 @@ def loads(text: str, file: str = "<string>") -> Pipeline:
             sub = path + ((param,) if param else ())
             raise marks.error(f"component {cname!r}: {exc.detail}", sub, key=bool(param) and "unknown" in exc.detail) from None
         except (TypeError, ValueError, UserError) as exc:
-            raise marks.error(f"component {cname!r}: {exc}", path) from None
+            raise marks.error(f"component {cname!r}: {exc}", path + _param_of(exc, params)) from None
         try:
             p.add(cname, comp)
         except SpecError as exc:
@@ -211,6 +231,8 @@ def loads(text: str, file: str = "<string>") -> Pipeline:
     # inputs / outputs
     for iname, targets in spec.inputs.items():
         tl = [targets] if isinstance(targets, str) else list(targets)
+        if not tl:
+            raise marks.error(f"input {iname!r} feeds no socket; give one component.socket or a list of them.", ("inputs", iname))
         for j, t in enumerate(tl):
             try:
                 p.expose_input(iname, t)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, UserError
 from ..events import emit
 from .base import Prompt
 from .cache import make_key
@@ -20,14 +20,44 @@ class GreyBox:
     """Grey-box methods of :class:`~ctxflow.llm.local.LocalLM`."""
 
     def _logits(self, hidden):
-        """lm head (+ final soft-capping where the model has it) on hidden states."""
+        """The model's output head on hidden states (B, L, H) -> float logits (B, L, V): the lm head plus
+        the post-processing transformers' models do after it (Granite's ``logits_scaling``, Cohere's
+        ``logit_scale``, Gemma's final soft-capping). Checked once against the model's own forward."""
+        if not getattr(self._model, "_ctxflow_head_checked", False):
+            self._check_head()
+        return self._head(hidden)
+
+    def _head(self, hidden):
         import torch
 
+        cfg = self._model.config
         logits = self._model.get_output_embeddings()(hidden).float()
-        cap = getattr(self._model.config, "final_logit_softcapping", None)
+        if getattr(cfg, "logits_scaling", None):
+            logits = logits / cfg.logits_scaling
+        if getattr(cfg, "logit_scale", None):
+            logits = logits * cfg.logit_scale
+        cap = getattr(cfg, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def _check_head(self) -> None:
+        """Refuse grey-box scoring on a model whose output head does more than :meth:`_head` knows
+        (an unseen architecture): compare with the model's own logits on a few tokens."""
+        import torch
+
+        m = self._model
+        ids = torch.tensor([[self._pad_id or 0, 1, 2, 3]], device=m.device)
+        with torch.inference_mode():
+            want = m(input_ids=ids, use_cache=False).logits.float()
+            base = m.get_decoder() if hasattr(m, "get_decoder") else m.base_model
+            got = self._head(base(input_ids=ids, use_cache=False).last_hidden_state)
+        err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+        if not err < 1e-2:
+            raise UserError(f"{type(m).__name__} post-processes its logits in a way ctxflow's grey-box calls (logprobs, "
+                             f"next-token logits: Map-Rerank, MemRecall, PCW, NBCE) do not reproduce (relative difference "
+                             f"{err:.2g}); use black-box strategies (aggregate.stuff, map_reduce, refine) with this model")
+        m._ctxflow_head_checked = True
 
     def _hidden_right_padded(self, seqs: list[list[int]]):
         """Last hidden states (B, L, H) of right-padded ``seqs`` (positions 0..n-1)."""
@@ -116,6 +146,19 @@ class GreyBox:
             return torch.zeros((0, self._model.config.vocab_size), dtype=torch.float32)
         return torch.stack(out)  # type: ignore[arg-type]
 
+    def _check_own_window(self, total: int) -> None:
+        """Refuse a raw forward longer than the model's own sliding/chunked window: its cache then keeps only
+        the window, so explicit masks and reused prefixes (PCW, NBCE) would not line up with it."""
+        from ..attention.ring import own_window
+
+        own = own_window(self._model.config)
+        if own is not None and (own[0] is None or total > own[0]):
+            w = own[0]
+            raise UserError(f"{type(self._model).__name__} limits its {own[1]} layers to the last {w} tokens, and this "
+                            f"grey-box forward (PCW, NBCE: explicit masks, reused KV) spans {total} tokens. NBCE stays inside the "
+                            f"window with max_context: {w} on the model, PCW only with windows that together fit it; "
+                            "aggregate.stuff, map_reduce and refine run on any model.")
+
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache: bool = True,
                 logits_to_keep: int = 0):
         """One raw forward pass: ``(logits, past_key_values)``; logits are **raw** (not normalised),
@@ -151,9 +194,16 @@ class GreyBox:
             past_key_values = DynamicCache(config=model.config)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         K = past + Q
+        self._check_own_window(K)
         if position_ids is None:
             position_ids = torch.arange(past, K, device=dev).expand(B, Q)
         else:
+            import inspect
+
+            if "position_ids" not in inspect.signature(model.forward).parameters:
+                raise UserError(f"{type(model).__name__} takes no position ids (its positions are fixed, e.g. ALiBi), so "
+                                "grey-box calls that place tokens at chosen positions (PCW, NBCE) cannot run on it; use "
+                                "aggregate.stuff, map_reduce or refine with this model.")
             if not isinstance(position_ids, torch.Tensor):
                 position_ids = torch.tensor(position_ids, dtype=torch.long)
             if position_ids.dim() == 1:

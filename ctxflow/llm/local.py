@@ -28,7 +28,7 @@ import threading
 from contextlib import nullcontext
 from typing import Any, Sequence
 
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, UserError
 from ..events import emit
 from ..graph.registry import register_model
 from .base import GREY_BOX, LLM, Generation, Prompt
@@ -70,6 +70,28 @@ def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
 def _sub_seed(seed: int, k: int) -> int:
     """Seed of the k-th copy of the same prompt within one call (k=0: ``seed`` itself)."""
     return seed if k == 0 else (seed * 1_000_003 + k * 7_919 + 12_345) % (2**63 - 1)
+
+
+#: config fields that hold a model's trained context length, by architecture family
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length", "n_ctx")
+
+
+def trained_context(config, tokenizer=None) -> int:
+    """The context length a model was trained for: its config's field for it (``max_position_embeddings``,
+    GPT-2's ``n_positions``, MPT's ``max_seq_len``, ...), else the tokenizer's ``model_max_length``, else
+    2048 with a warning (set ``max_context`` to say the right one)."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name in _CONTEXT_FIELDS:
+            v = getattr(cfg, name, None) if cfg is not None else None
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    v = getattr(tokenizer, "model_max_length", None)
+    if isinstance(v, int) and 0 < v < 10_000_000:  # transformers' "unset" is a huge sentinel
+        return v
+    import warnings
+
+    warnings.warn(f"{type(config).__name__} states no context length; assuming 2048 tokens (set max_context to change it)")
+    return 2048
 
 
 @register_model("local")
@@ -156,11 +178,15 @@ class LocalLM(GreyBox, LLM):
                 key = key + (repr(self.attention), repr(self.rope_scaling))
             with _LOAD_LOCK:
                 if key not in _LOADED:
-                    _LOADED[key] = load_causal_lm(src, self.dtype, self.device)
+                    loaded = load_causal_lm(src, self.dtype, self.device)
                     if len(key) > 3:
                         from ..attention.backend import configure_model
 
-                        configure_model(_LOADED[key][0], self.attention, self.rope_scaling, src.model_id)
+                        try:
+                            configure_model(loaded[0], self.attention, self.rope_scaling, src.model_id)
+                        except ValueError as exc:  # an attention/RoPE option this model cannot take
+                            raise UserError(f"model {src.model_id}: {exc}.") from None
+                    _LOADED[key] = loaded  # only once configured: a refused model is never shared half-done
                 model, tok = _LOADED[key]
             self._tok = tok
             eos: set[int] = set()
@@ -173,9 +199,7 @@ class LocalLM(GreyBox, LLM):
             eos.update(vocab[t] for t in _END_TOKENS if t in vocab and t in tok.all_special_tokens)
             self._eos = frozenset(eos)
             self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos) if eos else 0
-            self._real_context = int(
-                getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or 2048
-            )
+            self._real_context = trained_context(model.config, tok)
             if getattr(model, "_ctxflow_context", None):  # RoPE scaling extends the usable window
                 self._real_context = int(model._ctxflow_context)
             self._model = model

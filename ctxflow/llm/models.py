@@ -270,8 +270,16 @@ def _load_folder(src: ModelSource, folder: Path, dtype: str, device: str):
 
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype), local_files_only=True)
-    except OSError as exc:
-        raise ModelNotFoundError(f"model {src.name!r}: could not load {folder}: {exc}") from None
+        model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype), local_files_only=True,
+                                                           output_loading_info=True)
+    except (OSError, ValueError, KeyError) as exc:  # no tokenizer / config / weights, or an unknown architecture
+        raise ModelNotFoundError(f"model {src.name!r}: could not load {folder} as a causal language model with its "
+                                 f"tokenizer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    missing = [k for k in info.get("missing_keys", ()) if "rotary" not in k and "inv_freq" not in k]
+    if missing or getattr(model.config, "is_encoder_decoder", False):
+        what = "is an encoder-decoder model" if not missing else (
+            f"lacks {len(missing)} weight(s) of a causal language model (e.g. {missing[0]}): it is not one, or not a whole one")
+        raise ModelNotFoundError(f"model {src.name!r}: {folder} {what}; give a decoder-only causal LM "
+                                 "(a folder saved with AutoModelForCausalLM, or a GGUF file).")
     model = model.to(device).eval()
     return model, tok

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..graph.component import component
+from ..graph.params import NonNegativeFloat, PositiveInt, UnitFloat
 from ..types import Chunk, Scored
 from .base import BankComponent, MemoryBank, chunks_from_jsonl, chunks_to_jsonl, hit
 from .store import register_bank
@@ -125,7 +126,7 @@ class BM25Memory(BankComponent):
 
     bank_class = BM25Bank
 
-    def __init__(self, top_k: int = 5, store: str | None = None, k1: float = 1.5, b: float = 0.75):
+    def __init__(self, top_k: PositiveInt = 5, store: str | None = None, k1: NonNegativeFloat = 1.5, b: UnitFloat = 0.75):
         if k1 < 0 or not 0 <= b <= 1:
             raise UserError(f"bm25 needs k1 >= 0 and 0 <= b <= 1; got k1={k1}, b={b}.")
         self.k1, self.b = k1, b

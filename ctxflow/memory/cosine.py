@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..graph.component import EmbedderRef, component
+from ..graph.params import PositiveInt
 from ..types import Chunk, Scored
 from .base import BankComponent, bound
 from .knn import KnnBank
@@ -34,7 +35,7 @@ class CosineMemory(BankComponent):
 
     bank_class = CosineBank
 
-    def __init__(self, embedder: EmbedderRef = "embed", top_k: int = 5, store: str | None = None):
+    def __init__(self, embedder: EmbedderRef = "embed", top_k: PositiveInt = 5, store: str | None = None):
         self.embedder = embedder
         self._setup(top_k, store)
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..graph.component import OptionalEmbedderRef, OptionalLLMRef, component
+from ..graph.params import FiniteFloat, NonNegativeInt, PositiveInt
 from ..types import Chunk, Citation, Scored
 from .base import BankComponent, MemoryBank, chunks_from_jsonl, chunks_to_jsonl, hit
 from .extract import extract, normalize_entity, normalize_relation
@@ -206,7 +207,7 @@ class GraphMemory(BankComponent):
     bank_class = GraphBank
 
     def __init__(self, llm: OptionalLLMRef = None, embedder: OptionalEmbedderRef = None, extractor: str = "rules",
-                 hops: int = 1, link_threshold: float = 0.6, top_k: int = 5, store: str | None = None):
+                 hops: NonNegativeInt = 1, link_threshold: FiniteFloat = 0.6, top_k: PositiveInt = 5, store: str | None = None):
         if extractor not in EXTRACTORS:
             raise UserError(f"extractor must be one of {', '.join(EXTRACTORS)}; got {extractor!r}.")
         if extractor != "rules" and llm is None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..graph.component import EmbedderRef, component
+from ..graph.params import PositiveInt
 from ..types import Chunk, Scored
 from .base import BankComponent, MemoryBank, bound, chunks_from_jsonl, chunks_to_jsonl, hit
 from .store import json_bytes, npy_bytes, npy_load, register_bank
@@ -281,9 +282,9 @@ class KnnMemory(BankComponent):
 
     bank_class = KnnBank
 
-    def __init__(self, embedder: EmbedderRef = "embed", top_k: int = 5, index: str = "auto", metric: str = "ip",
-                 store: str | None = None, hnsw_m: int = 32, ef_search: int = 64, nlist: int | None = None, nprobe: int = 8,
-                 ef_construction: int = 80, hnsw_storage: str = "float32", ivf_codes: str = "flat", refine: int = 4):
+    def __init__(self, embedder: EmbedderRef = "embed", top_k: PositiveInt = 5, index: str = "auto", metric: str = "ip",
+                 store: str | None = None, hnsw_m: PositiveInt = 32, ef_search: PositiveInt = 64, nlist: PositiveInt | None = None, nprobe: PositiveInt = 8,
+                 ef_construction: PositiveInt = 80, hnsw_storage: str = "float32", ivf_codes: str = "flat", refine: PositiveInt = 4):
         _check_choices(index, metric, hnsw_storage, ivf_codes, refine)
         self.embedder = embedder
         self.bank_params = dict(index=index, metric=metric, hnsw_m=hnsw_m, ef_search=ef_search, nlist=nlist, nprobe=nprobe,

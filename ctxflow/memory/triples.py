@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from ..errors import StoreError, UserError
 from ..graph.component import component
+from ..graph.params import FiniteFloat, PositiveInt
 from ..graph.component import OptionalEmbedderRef, OptionalLLMRef
 from ..types import Chunk, Scored
 from .base import BankComponent, MemoryBank, hit
@@ -343,7 +344,7 @@ class TriplesMemory(BankComponent):
     bank_class = TripleStore
 
     def __init__(self, embedder: OptionalEmbedderRef = None, llm: OptionalLLMRef = None, extractor: str = "rules",
-                 threshold: float = 0.8, top_k: int = 5, store: str | None = None):
+                 threshold: FiniteFloat = 0.8, top_k: PositiveInt = 5, store: str | None = None):
         if extractor not in EXTRACTORS:
             raise UserError(f"extractor must be one of {', '.join(EXTRACTORS)}; got {extractor!r}.")
         if extractor != "rules" and llm is None:

@@ -37,7 +37,7 @@ def make_executor(spec: dict[str, Any] | Executor | None) -> Executor | None:
         raise SpecError(f"executor must be a mapping such as {{type: ray, actors: 2}}, got {spec!r}.")
     spec = dict(spec)
     kind = spec.pop("type", "local")
-    if kind not in EXECUTORS:
+    if not isinstance(kind, str) or kind not in EXECUTORS:
         raise SpecError(f"unknown executor type {kind!r}; available: {', '.join(sorted(EXECUTORS))}.")
     from ..graph.component import validate_params
 

@@ -29,6 +29,7 @@ from ..aggregate.base import ChunkList, best_span, check_question, unwrap
 from ..errors import UserError
 from ..events import progress
 from ..graph.component import Component, LLMRef, component
+from ..graph.params import NonNegativeFloat, PositiveInt, check_template
 from ..types import Answer, Chunk, Scored
 from .scoring import answer_gain, relevance_logodds, zscore
 
@@ -68,14 +69,13 @@ class MapRerank(Component):
     ``answer``: the best candidate's answer, with its citation; every candidate's scores are in
     ``answer.trace["candidates"]``."""
 
-    def __init__(self, llm: LLMRef = "llm", top_k: int = 3, method: str = "combined", max_candidates: int = 8,
-                 max_new_tokens: int = 48, retrieval_weight: float = 1.0, prompt: str = ANSWER_PROMPT):
+    def __init__(self, llm: LLMRef = "llm", top_k: PositiveInt = 3, method: str = "combined", max_candidates: PositiveInt = 8,
+                 max_new_tokens: PositiveInt = 48, retrieval_weight: NonNegativeFloat = 1.0, prompt: str = ANSWER_PROMPT):
         if method not in METHODS:
             raise UserError(f"select.map_rerank: method must be one of {', '.join(METHODS)}; got {method!r}.")
         if top_k < 1 or max_candidates < 1 or max_new_tokens < 1:
             raise UserError("select.map_rerank: top_k, max_candidates and max_new_tokens must be at least 1.")
-        if "{context}" not in prompt or "{question}" not in prompt:
-            raise UserError("select.map_rerank: prompt must contain {context} and {question}.")
+        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
         self.llm, self.top_k, self.method, self.max_candidates = llm, top_k, method, max_candidates
         self.max_new_tokens, self.retrieval_weight, self.prompt = max_new_tokens, retrieval_weight, prompt
         # the parse mode runs on any model (black box); the others read token probabilities

@@ -28,6 +28,7 @@ from ..aggregate.base import check_question, unwrap
 from ..errors import UserError
 from ..events import progress
 from ..graph.component import Component, OptionalEmbedderRef, OptionalLLMRef, component
+from ..graph.params import NonNegativeFloat, NonNegativeInt, PositiveInt
 from ..llm.base import LLM, Embedder
 from ..memory.bm25 import BM25Bank, tokenize
 from ..types import Chunk, Scored
@@ -54,9 +55,9 @@ class MemRecall(Component):
     of a memory bank) add a retrieval prior. Outputs the final working memory in document order."""
 
     def __init__(self, llm: OptionalLLMRef = "llm", embedder: OptionalEmbedderRef = None, judge: str = "llm",
-                 budget: int | None = None, block_size: int = 63, iterations: int = 2, keep: int = 2,
-                 increment: int = 2, prefilter: int = 16, judge_weight: float = 1.0,
-                 prior_weight: float = 1.0):
+                 budget: PositiveInt | None = None, block_size: PositiveInt = 63, iterations: PositiveInt = 2, keep: PositiveInt = 2,
+                 increment: NonNegativeInt = 2, prefilter: PositiveInt = 16, judge_weight: NonNegativeFloat = 1.0,
+                 prior_weight: NonNegativeFloat = 1.0):
         if judge not in JUDGES:
             raise UserError(f"select.memrecall: judge must be one of {', '.join(JUDGES)}; got {judge!r}.")
         if judge == "embedding" and embedder is None:

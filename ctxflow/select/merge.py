@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 from ..graph.component import Component, component
+from ..graph.params import NonNegativeInt, PositiveInt
 from ..types import Chunk, Scored
 
 
@@ -19,7 +20,7 @@ class Merge(Component):
     """Interleave ``first``, ``second`` and optional ``third`` by rank; ``limits`` caps how many
     each source contributes (e.g. ``[3, 2]``), ``k`` the total."""
 
-    def __init__(self, limits: list[int] | None = None, k: int | None = None):
+    def __init__(self, limits: list[NonNegativeInt] | None = None, k: PositiveInt | None = None):
         if limits is not None and (not limits or any(n < 0 for n in limits)):
             raise UserError(f"select.merge: limits must be a list of counts >= 0, one per source; got {limits!r}.")
         if k is not None and k < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from ..graph.component import Component, component
+from ..graph.params import PositiveInt, UnitFloat
 from ..types import Chunk, Scored
 
 _W = re.compile(r"\w+")
@@ -33,7 +34,7 @@ def mmr(cands: list[Scored[Chunk]], k: int, lam: float) -> list[Scored[Chunk]]:
 class TopK(Component):
     """The ``k`` highest-scored candidates; ``mmr`` < 1 trades relevance for diversity."""
 
-    def __init__(self, k: int = 3, mmr: float = 1.0, document_order: bool = False):
+    def __init__(self, k: PositiveInt = 3, mmr: UnitFloat = 1.0, document_order: bool = False):
         self.k, self.mmr, self.document_order = k, mmr, document_order
 
     def run(self, candidates: list[Scored[Chunk]]) -> dict:

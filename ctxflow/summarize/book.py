@@ -21,6 +21,7 @@ from ..chunking.base import TokenCounter, recursive_ranges
 from ..chunking.markdown import SECTION_SEPARATORS
 from ..errors import UserError
 from ..graph.component import Component, LLMRef, component
+from ..graph.params import PositiveInt, check_template
 from .fold import Summarizer
 from .structure import Node, build_tree, intro_range
 
@@ -46,16 +47,14 @@ class BookSummary(Component):
     never more than the context leaves). ``max_new_tokens``: length of every summary.
     ``step``: prompts per batched call (one cache commit and one progress tick each)."""
 
-    def __init__(self, llm: LLMRef = "llm", section_tokens: int | None = None, max_new_tokens: int = 96, step: int = 16,
+    def __init__(self, llm: LLMRef = "llm", section_tokens: PositiveInt | None = None, max_new_tokens: PositiveInt = 96, step: PositiveInt = 16,
                  section_prompt: str = SECTION_PROMPT, fold_prompt: str = FOLD_PROMPT):
         if section_tokens is not None and section_tokens < 64:
             raise UserError(f"section_tokens must be at least 64 (or left out for a quarter of the context), got {section_tokens}.")
         if max_new_tokens < 8:
             raise UserError(f"max_new_tokens must be at least 8, got {max_new_tokens}.")
-        for name, p, keys in (("section_prompt", section_prompt, ("{text}", "{title}")), ("fold_prompt", fold_prompt, ("{text}", "{name}"))):
-            missing = [k for k in keys if k not in p]
-            if missing:
-                raise UserError(f"{name} must contain {' and '.join(keys)} (missing {', '.join(missing)}).")
+        check_template("section_prompt", section_prompt, ("title", "text"), ("title", "text"))
+        check_template("fold_prompt", fold_prompt, ("name", "text"), ("name", "text"))
         self.llm, self.section_tokens, self.max_new_tokens, self.step = llm, section_tokens, max_new_tokens, step
         self.section_prompt, self.fold_prompt = section_prompt, fold_prompt
 

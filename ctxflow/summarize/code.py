@@ -24,6 +24,7 @@ from typing import Any
 from ..chunking.code import CodeChunker, guess_language
 from ..errors import UserError
 from ..graph.component import Component, LLMRef, component
+from ..graph.params import PositiveInt
 from .fold import Summarizer
 from .outline import Outline, outline_for
 from .walk import walk_codebase
@@ -75,8 +76,8 @@ class CodeSummary(Component):
     ``chunk_tokens``: size of ``chunk.code`` chunks for longer files; ``max_new_tokens``: length of
     each summary; ``max_bytes``: bigger files are skipped; ``max_files``: a safety bound."""
 
-    def __init__(self, llm: LLMRef = "llm", file_tokens: int | None = None, chunk_tokens: int = 512, max_new_tokens: int = 80,
-                 max_bytes: int = 200_000, max_files: int = 2000, step: int = 16):
+    def __init__(self, llm: LLMRef = "llm", file_tokens: PositiveInt | None = None, chunk_tokens: PositiveInt = 512, max_new_tokens: PositiveInt = 80,
+                 max_bytes: PositiveInt = 200_000, max_files: PositiveInt = 2000, step: PositiveInt = 16):
         if chunk_tokens < 32:
             raise UserError(f"chunk_tokens must be at least 32, got {chunk_tokens}.")
         if file_tokens is not None and file_tokens < 64:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..aggregate.base import ChunkList, budget_for, check_question, unwrap
 from ..graph.component import OptionalLLMRef
+from ..graph.params import PositiveInt, check_template
 from ..chunking.code import CodeChunker
 from ..errors import UserError
 from ..graph.component import Component, LLMRef, component
@@ -42,7 +43,7 @@ def header(c: Chunk) -> str:
 class CodeRead(Component):
     """A folder -> code chunks of every kept file (``size`` tokens at most, counted with ``llm``)."""
 
-    def __init__(self, size: int = 256, max_bytes: int = 200_000, llm: OptionalLLMRef = None):
+    def __init__(self, size: PositiveInt = 256, max_bytes: PositiveInt = 200_000, llm: OptionalLLMRef = None):
         if size < 32:
             raise UserError(f"size must be at least 32 tokens, got {size}.")
         self.size, self.max_bytes, self.llm = size, max_bytes, llm
@@ -68,9 +69,8 @@ class CodeRead(Component):
 class CodeAnswer(Component):
     """Answer from code chunks with ``path:line`` citations (see the module doc)."""
 
-    def __init__(self, llm: LLMRef = "llm", max_new_tokens: int = 96, max_chunks: int = 6, prompt: str = PROMPT):
-        if "{context}" not in prompt or "{question}" not in prompt:
-            raise UserError("prompt must contain {context} and {question}.")
+    def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, max_chunks: PositiveInt = 6, prompt: str = PROMPT):
+        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
         if max_chunks < 1:
             raise UserError(f"max_chunks must be at least 1, got {max_chunks}.")
         self.llm, self.max_new_tokens, self.max_chunks, self.prompt = llm, max_new_tokens, max_chunks, prompt

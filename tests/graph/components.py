@@ -59,3 +59,20 @@ class Echo(Component):
 class Concat(Component):
     def run(self, a: str, b: str) -> dict:
         return {"text": a + "|" + b}
+
+
+@component("test.fail", outputs={"text": str, "extra": str})
+class Fail(Component):
+    """Raises ``how`` ('user': a UserError, 'bug': a KeyError) or, with 'none', returns no 'extra'."""
+
+    def __init__(self, how: str = "user"):
+        self.how = how
+
+    def run(self, text: str) -> dict:
+        from ctxflow.errors import UserError
+
+        if self.how == "user":
+            raise UserError(f"cannot use {text!r}")
+        if self.how == "bug":
+            raise KeyError("oops")
+        return {"text": text}

@@ -186,3 +186,55 @@ def test_shared_model_single_instance():
     assert p.component("a").llm is p.component("b").llm is m
     d = p.to_dict()
     assert d["components"]["a"]["llm"] == "llm" and d["models"]["llm"]["type"] == "fake"
+
+
+def test_errors_inside_a_run_name_the_component():
+    from ctxflow.errors import UserError
+
+    for how, exc in (("user", UserError), ("bug", KeyError)):
+        p = Pipeline()
+        p.add("first", tc.Echo())
+        p.add("second", tc.Fail(how=how))
+        p.connect("first.text", "second.text")
+        p.expose_input("text", "first.text")
+        with pytest.raises(exc) as ei:
+            p.run({"text": "x"})
+        where = "component 'second' (test.fail)"
+        assert where in str(ei.value) if how == "user" else any(where in n for n in ei.value.__notes__)
+
+
+def test_a_declared_output_that_is_not_returned_is_blamed_on_its_producer():
+    p = Pipeline()
+    p.add("f", tc.Fail(how="none"))
+    p.add("e", tc.Echo())
+    p.connect("f.extra", "e.text")
+    p.expose_input("text", "f.text")
+    with pytest.raises(Exception, match="component 'e' got no value for its required input 'text' \\('f' did not return "
+                                        "its declared output 'extra'\\)"):
+        p.run({"text": "x"})
+    q = Pipeline()
+    q.add("f", tc.Fail(how="none"))
+    q.expose_input("text", "f.text")
+    q.expose_output("extra", "f.extra")
+    with pytest.raises(TypeError, match="component 'f' \\(test.fail\\) did not return its declared output 'extra'"):
+        q.run({"text": "x"})
+
+
+def test_positional_init_arguments_are_never_dropped():
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        tc.Echo("a", "b")
+    with pytest.raises(TypeError, match="multiple values for argument 'tag'"):
+        tc.Echo("a", tag="b")
+    assert tc.Echo("a").init_params == {"tag": "a"}
+
+
+def test_a_pipeline_name_survives_dump_and_load():
+    import ctxflow
+
+    p = Pipeline(name="my_pipe")
+    p.add("e", tc.Echo())
+    p.expose_input("text", "e.text")
+    q = ctxflow.loads(p.dumps())
+    assert q.name == "my_pipe" and "name: my_pipe" in p.dumps() and q == p
+    assert "name:" not in ctxflow.loads("version: 1\ncomponents: {e: {type: test.echo}}\ninputs: {text: e.text}\n",
+                                        "x.yaml").dumps()

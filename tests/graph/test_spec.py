@@ -154,3 +154,35 @@ def test_yaml_never_imports(tmp_path):
     spec.write_text("version: 1\ncomponents:\n  s: {type: os.system}\n")
     with pytest.raises(SpecError, match="unknown component type 'os.system'"):
         ctxflow.load(spec)
+
+
+def test_nested_aliases_are_read_once_not_expanded():
+    """A 'billion laughs' file (9 levels of 9 aliases: 387 million paths if expanded) loads at once."""
+    lines = ["version: 1", "components: {e: {type: test.echo}}", "inputs: {text: e.text}", "meta:", "  l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        lines.append(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    from . import components  # noqa: F401  (registers test.echo)
+
+    p = ctxflow.loads("\n".join(lines) + "\n", "laughs.yaml")
+    assert p.meta["l9"][0][0] is p.meta["l7"]  # shared, as YAML aliases are
+
+
+def test_absurdly_deep_nesting_is_a_spec_error():
+    with pytest.raises(SpecError, match="nested too deeply"):
+        ctxflow.loads("version: 1\nmeta: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml")
+
+
+def test_run_refuses_an_unwritable_trace_path_before_running(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    doc = tmp_path / "doc.txt"
+    doc.write_text("hello")
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text("version: 1\ncomponents: {e: {type: test.echo}}\ninputs: {text: e.text}\n")
+    from . import components as tc
+
+    before = tc.Echo.calls
+    assert main(["run", str(pipe), "-i", f"text=@{doc}", "--trace", str(blocker / "t.json"), "--quiet"]) == 2
+    assert "cannot make its folder" in capsys.readouterr().err and tc.Echo.calls == before  # nothing ran
+    assert main(["run", str(pipe), "-i", f"text=@{doc}", "--trace", str(tmp_path / "new" / "t.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "new" / "t.json").read_text())["order"] == ["e"]

@@ -78,7 +78,7 @@ def test_component_searches_a_store_and_sees_new_versions(tmp_path):
     assert comp.run(query="gamma")["hits"][0].item.text == "gamma entry"
     with pytest.raises(UserError, match="has nothing to search: connect its 'chunks' input"):
         KnnMemory(embedder=emb).run(query="x")
-    with pytest.raises(UserError, match="top_k must be at least 1"):
+    with pytest.raises(UserError, match="parameter .top_k. of memory.cosine: expected int >= 1"):
         CosineMemory(embedder=emb, top_k=0)
     with pytest.raises(UserError, match="model name that was never bound"):
         KnnMemory(embedder="embed").run(query="x", chunks=make_chunks(["a"]))

@@ -30,7 +30,7 @@ def test_duplicate_span_kept_once_with_best_rank_and_limits():
 def test_bad_params_are_user_errors():
     with pytest.raises(UserError, match="limits"):
         Merge(limits=[-1])
-    with pytest.raises(UserError, match="k must"):
+    with pytest.raises(UserError, match="parameter .k. of select.merge: expected int >= 1"):
         Merge(k=0)
 
 
