@@ -52,6 +52,16 @@ def budget_for(llm: LLM, template_tokens: int, max_new_tokens: int, reserve: flo
     return left
 
 
+_LABEL = re.compile(r"^\s*([A-Z][A-Za-z ]{0,24}):")
+
+
+def echo_stops(template: str) -> list[str]:
+    """Stop strings that end an answer where a small model starts echoing its prompt: a new line
+    opening with one of the template's own labels (``Question:``, ``Context:``, ...)."""
+    labels = {m.group(1) for line in template.splitlines() if (m := _LABEL.match(line))}
+    return sorted(f"\n{label}:" for label in labels)
+
+
 def pack(llm: LLM, chunks: list[Chunk], budget: int, sep: str = "\n\n") -> list[Chunk]:
     """The longest prefix of ``chunks`` whose texts joined by ``sep`` fit in ``budget`` tokens.
     A first chunk too long on its own is cut (with its offsets kept exact)."""
@@ -95,7 +105,16 @@ def best_span(chunk: Chunk, answer: str, question: str = "") -> Citation:
     a += len(seg) - len(seg.lstrip())
     b -= len(seg) - len(seg.rstrip())
     cit = Citation.from_chunk(chunk)
-    return cit.model_copy(update={"start": chunk.start + a, "end": chunk.start + b, "text": chunk.text[a:b], "meta": {**cit.meta, "chunk": [chunk.start, chunk.end]}})
+    meta = {**cit.meta, "chunk": [chunk.start, chunk.end]}
+    if isinstance(meta.get("line"), int):  # the chunk's line numbers, moved to the quoted sentence
+        meta["line"] = chunk.meta["line"] + _newlines(chunk.text[:a])
+        meta["end_line"] = meta["line"] + _newlines(chunk.text[a:max(a, b - 1)])
+    return cit.model_copy(update={"start": chunk.start + a, "end": chunk.start + b, "text": chunk.text[a:b], "meta": meta})
+
+
+def _newlines(text: str) -> int:
+    """Line breaks in ``text`` (\n, \r\n or a lone \r each count once, as the chunkers count lines)."""
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
 
 
 def support(chunk: Chunk, answer: str) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import PositiveInt, check_template
 from ..types import Answer
-from .base import ChunkList, best_span, budget_for, check_question, pack, support, unwrap
+from .base import ChunkList, best_span, budget_for, check_question, echo_stops, pack, support, unwrap
 
 PROMPT = (
     "Answer the question using only the context below. Answer briefly.\n\n"
@@ -40,7 +40,8 @@ class Stuff(Component):
         context = "\n\n".join(c.text for c in used)
         from ..run.stream import answer_generate  # streams `token` events when a subscriber wants them
 
-        gen = answer_generate(llm, self.prompt.format(context=context, question=question), max_new_tokens=self.max_new_tokens)
+        gen = answer_generate(llm, self.prompt.format(context=context, question=question), max_new_tokens=self.max_new_tokens,
+                              stop=echo_stops(self.prompt))
         text = gen.text.strip()
         ranked = sorted(used, key=lambda c: -support(c, text))
         citations = [best_span(c, text, question).model_copy(update={"score": scores.get(c.id)}) for c in ranked]

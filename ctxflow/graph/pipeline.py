@@ -61,6 +61,14 @@ def _split(ref: str, what: str) -> tuple[str, str | None]:
     return ref, None
 
 
+def _check_input_value(name: str, value: Any, want: Any) -> None:
+    """A pipeline input for a text socket must be text (a Path or bytes is a common slip in Python)."""
+    if want is str and not isinstance(value, str):
+        hint = " (read the file first: Path(...).read_text())" if hasattr(value, "read_text") else \
+            " (decode it first: data.decode('utf-8'))" if isinstance(value, (bytes, bytearray)) else ""
+        raise UserError(f"pipeline input {name!r} must be text (str), got {type(value).__name__}{hint}.")
+
+
 def _attribute(exc: Exception, name: str, type_name: str) -> None:
     """Say which component raised ``exc``: a user mistake's message gets the component's name in
     front (the CLI prints only the message); any other error gets a note under its traceback."""
@@ -288,6 +296,7 @@ class Pipeline:
             if key in self.inputs:
                 for t in self.inputs[key]:
                     c, s = t.split(".", 1)
+                    _check_input_value(key, value, self._in(c)[s].type)
                     per.setdefault(c, {})[s] = value
             elif "." in key:
                 c, s = self._resolve(key, "in")

@@ -78,7 +78,7 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
     from tqdm import tqdm
 
     from ..io import document_from_bytes
-    from .store import open_store
+    from .store import check_new_store_folder, open_store
 
     err = stream or sys.stderr
     if not paths:
@@ -88,10 +88,15 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise UserError(f"not found: {', '.join(missing)}.")
-    files = list(walk(paths))
     sp = Path(store)
+    # a file's identity is its absolute path (the same file indexed from another folder is replaced, not
+    # added twice); the store's own files are never indexed into it
+    own = sp.resolve()
+    files = [f.resolve() for f in walk(paths) if own not in f.resolve().parents]
     with store_lock(sp):
         exists = (sp / MANIFEST).exists()
+        if not exists:
+            check_new_store_folder(sp)  # before any work: never over a user's files or a store missing its manifest
         kind = read_manifest(sp).get("bank") if exists else (bank or "knn")
         if bank is not None and kind != bank:
             raise UserError(f"store {store} holds a {kind!r} bank; index into it without --bank (or --bank {kind}), "
@@ -124,7 +129,7 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
             b.add(chunks)
             n_chunks += len(chunks)
             n_files += 1
-        version = b.save(sp) if n_files or not exists else None
+        version = b.save(sp) if n_files else None  # nothing indexed: no new (empty) store, no new version
     for s in skipped:
         print(f"skipped {s}", file=err)
     for r in replaced:

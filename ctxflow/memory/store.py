@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -95,6 +96,8 @@ def store_lock(path: str | os.PathLike, timeout: float = 600) -> FileLock:
 
     Hold it around a read-modify-write (open, add, save) so no other writer commits in between."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise StoreError(f"store {p} is a file; a store is a folder (give a new or existing store folder).")
     p.mkdir(parents=True, exist_ok=True)
     key = str((p / LOCK).resolve())
     with _LOCKS_GUARD:
@@ -116,6 +119,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the store at ``path``; StoreError if there is none or it is unreadable/newer."""
     p = Path(path)
     mpath = p / MANIFEST
+    if p.exists() and not p.is_dir():
+        raise StoreError(f"no store at {p}: it is a file; a store is a folder made by `ctxflow index FILES --store FOLDER`.")
     try:
         raw = mpath.read_bytes()
     except FileNotFoundError:
@@ -203,11 +208,15 @@ def _vnum(name: str) -> int | None:
     return None
 
 
+_OWN_TMP = re.compile(r"^(v\d{6}|" + re.escape(MANIFEST) + r")\.tmp-\d+$")  # what commit() writes before renaming
+
+
 def _cleanup(p: Path, keep: set[str]) -> None:
+    """Remove leftovers of crashed writers: only names ctxflow writes (never a user's own files)."""
     for child in p.iterdir():
         name = child.name
-        stale_tmp = ".tmp" in name
-        stale_version = _vnum(name) is not None and name not in keep
+        stale_tmp = bool(_OWN_TMP.match(name))
+        stale_version = _vnum(name) is not None and child.is_dir() and name not in keep
         if stale_tmp or stale_version:
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
@@ -216,6 +225,18 @@ def _cleanup(p: Path, keep: set[str]) -> None:
                     child.unlink()
                 except FileNotFoundError:  # pragma: no cover
                     pass
+
+
+def check_new_store_folder(p: Path) -> None:
+    """A store is created only in an empty folder (or one holding only a crashed first commit's
+    leftovers): never over a user's files, nor over the data of a store whose manifest is gone."""
+    others = sorted(c.name for c in p.iterdir() if c.name != LOCK and not _OWN_TMP.match(c.name))
+    if any(_vnum(n) is not None for n in others):
+        raise StoreError(f"store {p} is incomplete: it holds data ({', '.join(n for n in others if _vnum(n) is not None)}) "
+                         f"but no {MANIFEST}; restore {MANIFEST} from a backup, or delete the folder to start a new store.")
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise StoreError(f"{p} is not a store and not empty ({shown}); give a new or empty folder for the store.")
 
 
 def commit(path: str | os.PathLike, bank: str, files: dict[str, bytes], *, embedder: Embedder | None = None,
@@ -238,6 +259,8 @@ def commit(path: str | os.PathLike, bank: str, files: dict[str, bytes], *, embed
         if base_version is not None and old is not None and cur_v != base_version:
             raise StoreError(f"store {p} changed since this bank was opened (version {base_version}, now {cur_v}): another writer "
                              f"committed. Reopen it (under ctxflow.memory.store_lock) and apply your changes again.")
+        if old is None:
+            check_new_store_folder(p)
         keep = {old["data"]} if old and old.get("data") else set()
         _cleanup(p, keep | ({f"v{cur_v - 1:06d}"} if cur_v > 1 else set()))
         step("cleaned")

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from ..aggregate.base import ChunkList, best_span, check_question, unwrap
+from ..aggregate.base import ChunkList, best_span, check_question, echo_stops, unwrap
 from ..errors import UserError
 from ..events import progress
 from ..graph.component import Component, LLMRef, component
@@ -102,7 +102,8 @@ class MapRerank(Component):
         prompts = [template.format(context=c, question=question) for c in contexts]
         # (1) every candidate answers, one batched call
         progress(0, 3, "answering")
-        gens = llm.generate(prompts, max_new_tokens=self.max_new_tokens + (8 if self.method == "parse" else 0))
+        stop = None if self.method == "parse" else echo_stops(template)  # parse needs its 'Score:' line
+        gens = llm.generate(prompts, max_new_tokens=self.max_new_tokens + (8 if self.method == "parse" else 0), stop=stop)
         raw = [g.text if isinstance(getattr(g, "text", None), str) else "" for g in gens]
         parsed: list[float | None] = [None] * len(raw)
         if self.method == "parse":

@@ -42,11 +42,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a number in 0..65535 (0: any free port)")
+    return port
+
+
 def register(sub) -> None:
     s = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
     s.add_argument("--model", "-m", default="default", help="model: 'default' (SmolLM2-135M-Instruct), a HF folder or a .gguf file")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000, help="port (0: any free port; the address is printed on stderr)")
+    s.add_argument("--port", type=_port, default=8000, help="port (0: any free port; the address is printed on stderr)")
     s.add_argument("--name", help="model name clients send (default: the --model value)")
     s.add_argument("--max-context", type=int, help="emulate a shorter context window")
     s.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")

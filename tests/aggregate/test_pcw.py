@@ -165,8 +165,8 @@ def test_keep_windows_keeps_the_best_in_order(raw):
 
 
 def test_rank_by_incoming_score_and_order(raw):
-    chunks = make_chunks([f"word{i} " * 30 for i in range(6)])
-    wins, _ = make_windows(raw, chunks, 35)
+    chunks = make_chunks([f"word{i} " * 30 for i in range(6)])  # ~60 model tokens each: one window apiece
+    wins, _ = make_windows(raw, chunks, 70)
     assert len(wins) == 6
     scores = {c.id: float(i % 3) for i, c in enumerate(chunks)}  # best: chunks 2 and 5
     best, _ = rank_windows(raw, wins, Q, 2, "score", scores=scores)

@@ -50,6 +50,7 @@ def test_sliding_window_model_keeps_its_window_on_the_kernel_prefill_path(monkey
     with torch.no_grad():
         own = m(input_ids=x).logits
         apply_plan(m, wide, prefill="sdpa")
+        calls.clear()  # apply_plan's 4-token check forward (inside the window) ran the kernel path
         got = m(input_ids=x).logits
         assert calls == []
         got_short = m(input_ids=x[:, :16]).logits  # within the model's window the mask is plain causal:
@@ -134,7 +135,7 @@ def test_ring_cache_refuses_models_with_windows_of_their_own():
 
     m = tiny("mistral", sliding_window=16)
     apply_plan(m, plan_for(m, Rule(8, 0.0)))
-    with pytest.raises(ValueError, match="limits its layers to a window of its own \\(16 tokens\\) and this generation reaches 20 tokens.*use cache 'dynamic'"):
+    with pytest.raises(ValueError, match="limits its sliding_attention layers to a window of its own \\(16 tokens\\) and this generation reaches 20 tokens.*use cache 'dynamic'"):
         ring_cache(m, [10], 20)
     assert len(ring_cache(m, [10], 16).layers) == 2  # within the model's window: nothing to keep
     ok = tiny("llama")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ctxflow.attention.rules import FULL, Plan, Rule
+from ctxflow.errors import UserError
 from ctxflow.graph.spec import dumps, loads
 from ctxflow.llm.local import LocalLM
 
@@ -68,7 +69,7 @@ def test_rope_scaling_extends_context():
 
 def test_plan_for_another_model_is_refused(tmp_path):
     p = Plan("other", [[Rule(0, 1)] * 4] * 2).save(tmp_path / "p.json")
-    with pytest.raises(ValueError, match="2 layers x 4 heads"):
+    with pytest.raises(UserError, match="2 layers x 4 heads"):
         LocalLM(cache=False, attention=str(p)).warm_up()
 
 

@@ -238,3 +238,17 @@ def test_a_pipeline_name_survives_dump_and_load():
     assert q.name == "my_pipe" and "name: my_pipe" in p.dumps() and q == p
     assert "name:" not in ctxflow.loads("version: 1\ncomponents: {e: {type: test.echo}}\ninputs: {text: e.text}\n",
                                         "x.yaml").dumps()
+
+
+def test_a_text_input_of_another_type_is_a_clear_error():
+    from pathlib import Path
+
+    from ctxflow.errors import UserError
+
+    p = Pipeline()
+    p.add("e", tc.Echo())
+    p.expose_input("text", "e.text")
+    for value, hint in ((None, "NoneType"), (Path("x.txt"), "read the file first"), (b"x", "decode it first")):
+        with pytest.raises(UserError, match=f"pipeline input 'text' must be text \\(str\\), got .*{hint}"):
+            p.run({"text": value})
+    assert p.run({"text": "ok"}).outputs["e.text"] == "ok"

@@ -148,3 +148,38 @@ def test_real_default_embedder_store(tmp_path, embedder):
     assert "Pepper" in hits[0].item.text
     hits = search_store(store, "order 12345", 1, embedder=embedder)
     assert "12345" in hits[0].item.text
+
+
+def test_index_never_touches_files_that_are_not_its_own(tmp_path, monkeypatch, capsys):
+    from ctxflow.errors import StoreError
+
+    emb = HashEmbedder(64)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "page.html.tmpl").write_text("<html>{{t}}</html>")
+    (site / "README.txt").write_text("The docs live here.")
+    with pytest.raises(StoreError, match="is not a store and not empty \\(README.txt, page.html.tmpl\\)"):
+        index_main([str(site)], str(site), embedder=emb, quiet=True)
+    assert sorted(p.name for p in site.iterdir() if p.name != ".lock") == ["README.txt", "page.html.tmpl"]
+    # a store whose manifest is gone is not overwritten
+    store = tmp_path / "st"
+    assert index_main([str(site / "README.txt")], str(store), embedder=emb, quiet=True) == 0
+    (store / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="is incomplete: it holds data \\(v000001\\) but no manifest.json"):
+        index_main([str(site / "page.html.tmpl")], str(store), embedder=emb, quiet=True)
+    assert (store / "v000001").is_dir()
+    # a store path that is a file, and a first index that indexes nothing
+    with pytest.raises(StoreError, match="is a file"):
+        index_main([str(site / "README.txt")], str(site / "README.txt"), embedder=emb, quiet=True)
+    (tmp_path / "empty.txt").write_text("")
+    assert index_main([str(tmp_path / "empty.txt")], str(tmp_path / "new"), embedder=emb, quiet=True) == 2
+    assert not (tmp_path / "new" / "manifest.json").exists()
+    # the same file indexed from two working folders is one document; the store's own files are skipped
+    store2 = tmp_path / "docs" / "store"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Pepper is the keeper's cat.")
+    monkeypatch.chdir(tmp_path)
+    assert index_main(["docs"], "docs/store", embedder=emb, quiet=True) == 0
+    monkeypatch.chdir(tmp_path / "docs")
+    assert index_main(["."], "store", embedder=emb, quiet=True) == 0
+    assert len(open_store(store2, embedder=emb)) == 1
