@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--store", "-s", metavar="DIR", help="answer from a persisted store made by `ctxflow index`")
     a.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
-    a.add_argument("--json", action="store_true")
-    a.add_argument("--quiet", "-q", action="store_true")
+    a.add_argument("--json", action="store_true", help="print {answer, citations: [{start, end, text, ...}], trace} as JSON")
+    a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     a.add_argument("--executor", metavar="TYPE[:K=V,...]", help="run map steps on: local, or ray[:actors=N,address=local|auto|ray://...]")
     a.set_defaults(fn=cmd_ask)
 

@@ -152,4 +152,4 @@ def load_profile(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"profile {str(p)!r} not found: run `ctxflow moa profile -o {p}` first")
-    return torch.load(p, weights_only=False)
+    return torch.load(p, weights_only=True)  # tensors and plain data only: never runs code from the file

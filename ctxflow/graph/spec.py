@@ -263,11 +263,38 @@ def loads(text: str, file: str = "<string>") -> Pipeline:
     return p
 
 
+def _bundled_names() -> list[str]:
+    from ..cli import default_pipeline
+
+    try:
+        folder = default_pipeline("book_qa.yaml").parent
+    except UserError:  # pragma: no cover - the recipes ship with the package
+        return []
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _bundled(path: Path) -> Path | None:
+    """A bundled recipe named by ``path`` (``book_qa``, ``book_qa.yaml`` or ``pipelines/book_qa.yaml``), if any."""
+    from ..cli import default_pipeline
+
+    if path.parent not in (Path("."), Path("pipelines")) or path.stem not in _bundled_names():
+        return None
+    if path.suffix not in ("", ".yaml"):
+        return None
+    cand = default_pipeline(path.stem + ".yaml")
+    return cand if cand.exists() else None
+
+
 def load(path: str | os.PathLike) -> Pipeline:
-    """Read a pipeline file. A missing or unreadable file is a SpecError, not a traceback."""
+    """Read a pipeline file, or a bundled recipe by name (``ctxflow.load("book_qa")``, from any folder).
+    A missing or unreadable file is a SpecError, not a traceback."""
     path = Path(path)
     if not path.exists():
-        raise SpecError(f"pipeline file not found: {path}")
+        bundled = _bundled(path)
+        if bundled is None:
+            raise SpecError(f"pipeline file not found: {path} (the bundled recipes load by name from anywhere: "
+                            f"{', '.join(_bundled_names())})")
+        path = bundled
     if path.is_dir():
         raise SpecError(f"{path} is a directory; give a pipeline .yaml file.")
     try:

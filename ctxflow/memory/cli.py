@@ -112,7 +112,8 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
             try:
                 doc = document_from_bytes(f.read_bytes(), str(f))
             except DocumentError as exc:
-                skipped.append(f"{f} ({str(exc).split(': ', 1)[-1] if ': ' in str(exc) else exc})")
+                why = str(exc).removeprefix(str(f)).lstrip(" :") or str(exc)  # the message starts with the path already
+                skipped.append(f"{f} ({why})")
                 continue
             except OSError as exc:
                 skipped.append(f"{f} (unreadable: {exc.strerror or exc})")

@@ -186,3 +186,11 @@ def test_run_refuses_an_unwritable_trace_path_before_running(tmp_path, capsys):
     assert "cannot make its folder" in capsys.readouterr().err and tc.Echo.calls == before  # nothing ran
     assert main(["run", str(pipe), "-i", f"text=@{doc}", "--trace", str(tmp_path / "new" / "t.json"), "--quiet"]) == 0
     assert json.loads((tmp_path / "new" / "t.json").read_text())["order"] == ["e"]
+
+
+def test_bundled_recipes_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ctxflow.load("book_qa") == ctxflow.load(ROOT / "pipelines" / "book_qa.yaml")
+    assert ctxflow.load("pipelines/codebase_qa.yaml").name == "codebase_qa"
+    with pytest.raises(SpecError, match="pipeline file not found: nope.yaml \\(the bundled recipes load by name"):
+        ctxflow.load("nope.yaml")
