@@ -57,9 +57,17 @@ _LABEL = re.compile(r"^\s*([A-Z][A-Za-z ]{0,24}):")
 
 def echo_stops(template: str) -> list[str]:
     """Stop strings that end an answer where a small model starts echoing its prompt: a new line
-    opening with one of the template's own labels (``Question:``, ``Context:``, ...)."""
-    labels = {m.group(1) for line in template.splitlines() if (m := _LABEL.match(line))}
-    return sorted(f"\n{label}:" for label in labels)
+    opening with one of the labels that introduce the template's inputs (``Context:`` before
+    ``{context}``, ``Question: {question}``); labels that describe the expected output (``Sources:``)
+    are not stops. At most 4 (the most an OpenAI-compatible server takes)."""
+    lines = template.splitlines()
+    labels = []
+    for i, line in enumerate(lines):
+        m = _LABEL.match(line)
+        nxt = next((x for x in lines[i + 1:] if x.strip()), "")
+        if m and any(f in line or f in nxt for f in ("{context}", "{question}")):
+            labels.append(m.group(1))
+    return sorted(f"\n{label}:" for label in dict.fromkeys(labels))[:4]
 
 
 def pack(llm: LLM, chunks: list[Chunk], budget: int, sep: str = "\n\n") -> list[Chunk]:

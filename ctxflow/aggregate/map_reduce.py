@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
-from ..graph.params import PositiveInt, UnitFloat, check_template
+from ..graph.params import NonNegativeInt, PositiveInt, UnitFloat, check_template
 from ..types import Answer, Chunk
 from .base import ChunkList, best_span, budget_for, check_question, support, unwrap
 
@@ -123,7 +123,7 @@ class MapReduce(Component):
     map in slices of that many chunks with a progress event after each (None: one batch)."""
 
     def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, map_tokens: PositiveInt = 96, collapse_tokens: PositiveInt = 128,
-                 max_depth: PositiveInt = 4, map_prompt: str | None = None, collapse_prompt: str | None = None,
+                 max_depth: NonNegativeInt = 4, map_prompt: str | None = None, collapse_prompt: str | None = None,
                  combine_prompt: str | None = None, reserve: UnitFloat = 0.0, max_chunks: PositiveInt | None = None,
                  mode: str = "qa", map_batch: PositiveInt | None = None):
         if mode not in PROMPTS:

@@ -23,6 +23,7 @@ FlashAttention-4's block-sparse kernel, cuDNN's band or FlexAttention, whichever
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from contextlib import contextmanager
 
@@ -177,10 +178,11 @@ def sparse_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     B, H, Q, D = query.shape
     K = key.shape[2]
     rules: LayerRules | None = getattr(module, "_ctxflow_rules", None)
-    if _PROBE and rules is not None:
-        _PROBE[-1].add(id(module))
+    probing = getattr(_PROBE, "seen", None) is not None and id(module) in _PROBE.want
+    if probing and rules is not None:
+        _PROBE.seen.add(id(module))
     # (verify_sparse's 4-token check takes the masked path below: no kernel compile for a throwaway shape)
-    if rules is not None and not rules.full and not _PROBE:  # before any (Q, K) mask is built here
+    if rules is not None and not rules.full and not probing:  # before any (Q, K) mask is built here
         out = _window_prefill(rules, query, key, value, attention_mask, scaling)
         if out is not None:
             return out.transpose(1, 2).contiguous(), None
@@ -238,7 +240,7 @@ def attention_modules(model) -> list:
     return sorted(mods, key=lambda m: m.layer_idx)
 
 
-_PROBE: list[set[int]] = []  # while verify_sparse runs: ids of the modules sparse_sdpa saw with rules
+_PROBE = threading.local()  # .seen: while verify_sparse runs in this thread, ids of the probed modules sparse_sdpa saw
 
 
 def verify_sparse(model, batch: int = 1) -> None:
@@ -247,19 +249,21 @@ def verify_sparse(model, batch: int = 1) -> None:
     does not go through transformers' attention interface, e.g. BLOOM or Falcon, fail here)."""
     if getattr(model, "_ctxflow_sparse_verified", False):
         return
-    n = model.config.num_hidden_layers
+    mods = {id(m) for m in attention_modules(model)}
     seen: set[int] = set()
-    _PROBE.append(seen)
+    _PROBE.seen, _PROBE.want = seen, mods
     try:
         with torch.inference_mode():
             ids = torch.zeros(batch, 4, dtype=torch.long, device=model.device)  # one row per plan (apply_plans)
             model.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     finally:
-        _PROBE.pop()
-    if model.config._attn_implementation != NAME or len(seen) < n:
+        _PROBE.seen = _PROBE.want = None
+    # every attention layer found must have run through the backend (hybrid models' Mamba or linear-attention
+    # layers have no attention module and are not counted)
+    if model.config._attn_implementation != NAME or not mods or not mods <= seen:
         raise ValueError(f"{type(model).__name__}'s attention does not run through transformers' attention interface in all "
-                         f"of its {n} layers ({len(seen)} did), so ctxflow's sparse attention would silently compute dense "
-                         "attention: use attention type 'dense' for this model")
+                         f"of its {len(mods)} attention layers ({len(seen)} did), so ctxflow's sparse attention would "
+                         "silently compute dense attention there: use attention type 'dense' for this model")
     model._ctxflow_sparse_verified = True
 
 
@@ -285,11 +289,11 @@ def apply_plan(model, plan: Plan, prefill: str = "auto") -> None:
     check_prefill(prefill)
     check_supported(model)
     register()
+    old = cfg._attn_implementation
     for m in attention_modules(model):
         rules = plan.rules[m.layer_idx]
         m._ctxflow_rules = LayerRules([r.alpha for r in rules], [r.beta for r in rules], plan.sinks, prefill)
-    model.set_attn_implementation(NAME)
-    verify_sparse(model)
+    _switch_and_verify(model, old, 1)
 
 
 def apply_plans(model, plans: list[Plan]) -> None:
@@ -302,11 +306,21 @@ def apply_plans(model, plans: list[Plan]) -> None:
         p.check_model(cfg.num_hidden_layers, cfg.num_attention_heads)
     check_supported(model)
     register()
+    old = cfg._attn_implementation
     for m in attention_modules(model):
         rows = [p.rules[m.layer_idx] for p in plans]
         m._ctxflow_rules = LayerRules([[r.alpha for r in rs] for rs in rows], [[r.beta for r in rs] for rs in rows], plans[0].sinks)
-    model.set_attn_implementation(NAME)
-    verify_sparse(model, len(plans))
+    _switch_and_verify(model, old, len(plans))
+
+
+def _switch_and_verify(model, old: str, batch: int) -> None:
+    """Switch to the sparse backend and verify it; on a refusal the model is left as it was."""
+    try:
+        model.set_attn_implementation(NAME)
+        verify_sparse(model, batch)
+    except Exception:
+        remove_plan(model, old if old != NAME else "sdpa")
+        raise
 
 
 def remove_plan(model, implementation: str = "sdpa") -> None:

@@ -93,7 +93,7 @@ def own_window(cfg) -> tuple[int | None, str] | None:
     types = getattr(cfg, "layer_types", None)
     w = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
     if types:
-        windowed = sorted({t for t in types if t != "full_attention"})
+        windowed = sorted({t for t in types if "sliding" in t or "chunk" in t})  # not linear_attention / mamba layers
         return (w, ", ".join(windowed)) if windowed else None
     if getattr(cfg, "use_sliding_window", True) is False or not w:
         return None

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -61,12 +62,16 @@ def _split(ref: str, what: str) -> tuple[str, str | None]:
     return ref, None
 
 
-def _check_input_value(name: str, value: Any, want: Any) -> None:
-    """A pipeline input for a text socket must be text (a Path or bytes is a common slip in Python)."""
+def _check_input_value(name: str, value: Any, want: Any, socket: str) -> Any:
+    """A pipeline input for a text socket must be text (a Path or bytes is a common slip in Python);
+    a path-like value is taken for a socket that holds a path (``path``, ``folder``, ...)."""
+    if want is str and isinstance(value, os.PathLike) and any(w in socket for w in ("path", "folder", "dir", "file")):
+        return os.fspath(value)
     if want is str and not isinstance(value, str):
         hint = " (read the file first: Path(...).read_text())" if hasattr(value, "read_text") else \
             " (decode it first: data.decode('utf-8'))" if isinstance(value, (bytes, bytearray)) else ""
         raise UserError(f"pipeline input {name!r} must be text (str), got {type(value).__name__}{hint}.")
+    return value
 
 
 def _attribute(exc: Exception, name: str, type_name: str) -> None:
@@ -78,8 +83,10 @@ def _attribute(exc: Exception, name: str, type_name: str) -> None:
     exc._ctxflow_component = name  # type: ignore[attr-defined]
     if isinstance(exc, UserError) and exc.args and isinstance(exc.args[0], str):
         exc.args = (f"{where}: {exc.args[0]}",) + exc.args[1:]
-    else:
+    elif hasattr(exc, "add_note"):  # Python 3.11+: shown under the traceback
         exc.add_note(f"raised in {where}")
+    else:  # pragma: no cover - Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), f"raised in {where}"]
 
 
 class Pipeline:
@@ -296,8 +303,7 @@ class Pipeline:
             if key in self.inputs:
                 for t in self.inputs[key]:
                     c, s = t.split(".", 1)
-                    _check_input_value(key, value, self._in(c)[s].type)
-                    per.setdefault(c, {})[s] = value
+                    per.setdefault(c, {})[s] = _check_input_value(key, value, self._in(c)[s].type, s)
             elif "." in key:
                 c, s = self._resolve(key, "in")
                 per.setdefault(c, {})[s] = value

@@ -92,7 +92,8 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
     # a file's identity is its absolute path (the same file indexed from another folder is replaced, not
     # added twice); the store's own files are never indexed into it
     own = sp.resolve()
-    files = [f.resolve() for f in walk(paths) if own not in f.resolve().parents]
+    given = {Path(os.path.abspath(f)): f for f in walk(paths) if own not in f.resolve().parents}  # not resolve(): keep symlinks
+    files = list(given)
     with store_lock(sp):
         exists = (sp / MANIFEST).exists()
         if not exists:
@@ -125,8 +126,11 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
             for c in chunks:
                 c.meta.setdefault("path", str(f))
                 c.meta.setdefault("line", bisect.bisect_left(nl, c.start) + 1)  # 1-based line of the chunk's start
-            if by_doc.get(doc.id):
-                b.remove(by_doc.pop(doc.id))
+            # earlier ids of this file: its absolute path, or (stores written before ids were absolute)
+            # the path as given or relative to here
+            for old_id in dict.fromkeys((doc.id, str(given[f]), os.path.relpath(f))):
+                if by_doc.get(old_id):
+                    b.remove(by_doc.pop(old_id))
             b.add(chunks)
             n_chunks += len(chunks)
             n_files += 1

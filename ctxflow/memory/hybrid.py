@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import UserError
 from ..graph.component import EmbedderRef, component
-from ..graph.params import NonNegativeFloat, PositiveInt
+from ..graph.params import NonNegativeFloat, PositiveFloat, PositiveInt
 from ..types import Chunk, Scored
 from .base import BankComponent, MemoryBank, bound, hit
 from .bm25 import BM25Bank
@@ -105,7 +105,7 @@ class HybridMemory(BankComponent):
 
     bank_class = HybridBank
 
-    def __init__(self, embedder: EmbedderRef = "embed", top_k: PositiveInt = 5, k_rrf: NonNegativeFloat = 60,
+    def __init__(self, embedder: EmbedderRef = "embed", top_k: PositiveInt = 5, k_rrf: PositiveFloat = 60,
                  weights: dict[str, NonNegativeFloat] | None = None, fetch: PositiveInt = 50, index: str = "auto", store: str | None = None):
         if index not in INDEXES:
             raise UserError(f"index must be one of {', '.join(INDEXES)}; got {index!r}.")

@@ -230,7 +230,8 @@ def _cleanup(p: Path, keep: set[str]) -> None:
 def check_new_store_folder(p: Path) -> None:
     """A store is created only in an empty folder (or one holding only a crashed first commit's
     leftovers): never over a user's files, nor over the data of a store whose manifest is gone."""
-    others = sorted(c.name for c in p.iterdir() if c.name != LOCK and not _OWN_TMP.match(c.name))
+    others = sorted(c.name for c in p.iterdir()
+                    if not c.name.startswith(".") and not _OWN_TMP.match(c.name))  # .lock, .gitkeep, .DS_Store
     if any(_vnum(n) is not None for n in others):
         raise StoreError(f"store {p} is incomplete: it holds data ({', '.join(n for n in others if _vnum(n) is not None)}) "
                          f"but no {MANIFEST}; restore {MANIFEST} from a backup, or delete the folder to start a new store.")

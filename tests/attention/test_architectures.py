@@ -141,3 +141,18 @@ def test_ring_cache_refuses_models_with_windows_of_their_own():
     ok = tiny("llama")
     apply_plan(ok, plan_for(ok, Rule(8, 0.0)))
     assert len(ring_cache(ok, [10], 20).layers) == 2
+
+
+def test_a_refused_model_is_left_as_it_was():
+    """BLOOM keeps its own attention code: the verification forward sees no layer run the backend, so the
+    plan is refused and the model keeps its attention implementation and no rules."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from ctxflow.attention.kernels import NAME, attention_modules
+
+    m = BloomForCausalLM(BloomConfig(vocab_size=100, hidden_size=32, n_layer=2, n_head=2)).eval()
+    before = m.config._attn_implementation
+    with pytest.raises(ValueError, match="does not run through transformers' attention interface"):
+        apply_plan(m, Plan.uniform("tiny", 2, 2, Rule(8, 0.0), sinks=4))
+    assert m.config._attn_implementation == before != NAME
+    assert not any(hasattr(x, "_ctxflow_rules") for x in attention_modules(m))

@@ -252,3 +252,15 @@ def test_a_text_input_of_another_type_is_a_clear_error():
         with pytest.raises(UserError, match=f"pipeline input 'text' must be text \\(str\\), got .*{hint}"):
             p.run({"text": value})
     assert p.run({"text": "ok"}).outputs["e.text"] == "ok"
+
+
+def test_a_path_object_is_taken_for_a_path_socket(tmp_path):
+    from pathlib import Path
+
+    from ctxflow.summarize.qa import CodeRead
+
+    (tmp_path / "m.py").write_text("def f():\n    return 1\n")
+    p = Pipeline()
+    p.add("read", CodeRead())
+    p.expose_input("path", "read.path")
+    assert p.run({"path": Path(tmp_path)}).outputs["read.chunks"][0].meta["path"].endswith("m.py")

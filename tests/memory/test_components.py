@@ -183,3 +183,20 @@ def test_index_never_touches_files_that_are_not_its_own(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path / "docs")
     assert index_main(["."], "store", embedder=emb, quiet=True) == 0
     assert len(open_store(store2, embedder=emb)) == 1
+
+
+def test_reindexing_a_store_with_relative_ids_replaces_its_documents(tmp_path, monkeypatch):
+    """Stores written before ids were absolute hold the path as given: re-indexing replaces those."""
+    from ctxflow.memory.store import open_store as open_
+
+    emb = HashEmbedder(64)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Pepper is the keeper's cat.")
+    bank = ctxflow.memory.KnnBank(emb)
+    bank.add(SentenceChunker(size=64).run(text="Pepper was the old cat.", doc_id="docs/a.txt")["chunks"])
+    bank.save(tmp_path / "st")
+    assert index_main(["docs"], "st", embedder=emb, quiet=True) == 0
+    chunks = open_(tmp_path / "st", embedder=emb).chunks
+    assert [c.doc_id for c in chunks] == [str(tmp_path / "docs" / "a.txt")] and "keeper" in chunks[0].text
+
