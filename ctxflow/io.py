@@ -21,8 +21,10 @@ def read_document(path: str | Path) -> Document:
 
 
 def document_from_bytes(data: bytes, name: str) -> Document:
-    if not data.strip():
+    if not data:
         raise DocumentError(f"{name} is empty: there is nothing to read.")
+    if not data.strip():
+        raise DocumentError(f"{name} holds only whitespace: there is nothing to read.")
     head = data[:8192]
     if b"\x00" in head and not (head.startswith((b"\xff\xfe", b"\xfe\xff"))):
         raise DocumentError(f"{name} looks binary (it contains NUL bytes); give a text file (UTF-8).")

@@ -60,7 +60,10 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     empty = tmp_path / "e.txt"
     empty.write_text("   \n")
     assert main(["ask", str(empty), "what?"]) == 2
-    assert "empty" in capsys.readouterr().err
+    assert "holds only whitespace" in capsys.readouterr().err
+    empty.write_text("")
+    assert main(["ask", str(empty), "what?"]) == 2
+    assert "is empty" in capsys.readouterr().err
     assert main(["ask", str(GOOD), "  "]) == 2
     assert "question is empty" in capsys.readouterr().err
 

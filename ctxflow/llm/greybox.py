@@ -200,7 +200,7 @@ class GreyBox:
         else:
             import inspect
 
-            if "position_ids" not in inspect.signature(model.forward).parameters:
+            if "position_ids" not in inspect.signature(model.forward).parameters or getattr(model.config, "alibi", False):
                 raise UserError(f"{type(model).__name__} takes no position ids (its positions are fixed, e.g. ALiBi), so "
                                 "grey-box calls that place tokens at chosen positions (PCW, NBCE) cannot run on it; use "
                                 "aggregate.stuff, map_reduce or refine with this model.")
