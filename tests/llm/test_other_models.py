@@ -61,6 +61,10 @@ def test_a_model_outside_the_attention_interface_is_refused(tmp_path_factory, to
     with pytest.raises(UserError, match="takes no position ids"):
         llm.forward([[5, 6, 7]], position_ids=[[0, 1, 2]])
     assert llm.generate(["Hello"], max_new_tokens=3)[0].n_tokens > 0  # black box still runs
+    falcon = LocalLM(save_tiny(tmp_path_factory, tok, "falcon", alibi=True, new_decoder_architecture=False,
+                               num_kv_heads=4), cache=False)  # accepts position ids, but ALiBi ignores them
+    with pytest.raises(UserError, match="takes no position ids"):
+        falcon.forward([[5, 6, 7]], position_ids=[[0, 1, 2]])
 
 
 def test_logit_scaling_heads_are_reproduced_by_grey_box_calls(tmp_path_factory, tok):
