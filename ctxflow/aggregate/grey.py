@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import ContextOverflowError, UserError
+from ..graph.params import check_template
 from ..types import Chunk
 
 SLOT = "\u2063ctxflow-context\u2063"  # stands for the context while the template is rendered
@@ -26,8 +27,7 @@ def with_prefix(prompt: str, answer_prefix: str = "") -> Any:
 def template_parts(llm: Any, prompt: str, question: str, chat: bool = True, answer_prefix: str = "") -> tuple[str, str]:
     """The rendered prompt's text before and after the ``{context}`` slot (the reply started
     with ``answer_prefix``, which then ends the part after the slot)."""
-    if "{context}" not in prompt or "{question}" not in prompt:
-        raise UserError("prompt must contain {context} and {question}.")
+    check_template("prompt", prompt, ("context", "question"))
     text = llm.render(with_prefix(prompt.format(context=SLOT, question=question), answer_prefix), chat)
     head, tail = text.split(SLOT)
     return head, tail

@@ -133,14 +133,8 @@ class MapReduce(Component):
         collapse_prompt = collapse_prompt if collapse_prompt is not None else defaults[1]
         combine_prompt = combine_prompt if combine_prompt is not None else defaults[2]
         for name, p in (("map_prompt", map_prompt), ("collapse_prompt", collapse_prompt), ("combine_prompt", combine_prompt)):
-            check_template(name, p, ("context", "question"), ("context", "question"))
-        if max_depth < 0:
-            raise UserError(f"max_depth must be >= 0, got {max_depth}.")
-        if min(max_new_tokens, map_tokens, collapse_tokens) < 1:
-            raise UserError("max_new_tokens, map_tokens and collapse_tokens must be >= 1.")
+            check_template(name, p, ("context", "question"))
         self.llm, self.max_new_tokens, self.map_tokens, self.collapse_tokens = llm, max_new_tokens, map_tokens, collapse_tokens
-        if map_batch is not None and map_batch < 1:
-            raise UserError(f"map_batch must be >= 1 (or null for one batch), got {map_batch}.")
         self.max_depth, self.reserve, self.max_chunks, self.mode, self.map_batch = max_depth, reserve, max_chunks, mode, map_batch
         self.map_prompt, self.collapse_prompt, self.combine_prompt = map_prompt, collapse_prompt, combine_prompt
 

@@ -163,15 +163,13 @@ class NBCE(Component):
                  context_tokens: PositiveInt | None = None, beta: FiniteFloat = 0.25, pooling: str = "min_entropy", eta: NonNegativeFloat = 0.1,
                  top_p: UnitFloat = 0.95, prompt: str = PROMPT, order: str = "score", stop: list[str] | None = None,
                  chat: bool = True, max_chunks: PositiveInt | None = None):
-        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
+        check_template("prompt", prompt, ("context", "question"))
         if pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
         if order not in ("score", "document"):
             raise UserError(f"order must be 'score' or 'document', got {order!r}.")
         if not 0 < top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {top_p}.")
-        if n_contexts is not None and n_contexts < 1 or context_tokens is not None and context_tokens < 1:
-            raise UserError("n_contexts and context_tokens must be >= 1 (or null).")
         self.llm, self.max_new_tokens, self.n_contexts, self.context_tokens = llm, max_new_tokens, n_contexts, context_tokens
         self.beta, self.pooling, self.eta, self.top_p = beta, pooling, eta, top_p
         self.prompt, self.order, self.stop, self.chat, self.max_chunks = prompt, order, stop, chat, max_chunks

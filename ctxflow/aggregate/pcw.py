@@ -242,18 +242,13 @@ class PCW(Component):
                  question_in_windows: bool = False, answer_prefix: str = "", rescale: NonNegativeFloat = 1.0,
                  keep_windows: PositiveInt | None = None, rank: str = "embedding", embedder: OptionalEmbedderRef = None):
         prompt = prompt if prompt is not None else PROMPT_Q if question_in_windows else PROMPT
-        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
+        check_template("prompt", prompt, ("context", "question"))
         if dedupe not in ("prefix", "bos", "none"):
             raise UserError(f"dedupe must be 'prefix', 'bos' or 'none', got {dedupe!r}.")
         if order not in ("score", "document"):
             raise UserError(f"order must be 'score' or 'document', got {order!r}.")
         if rank not in RANKS:
             raise UserError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}.")
-        if (n_windows is not None and n_windows < 1 or window_tokens is not None and window_tokens < 1
-                or keep_windows is not None and keep_windows < 1):
-            raise UserError("n_windows, window_tokens and keep_windows must be >= 1 (or null).")
-        if rescale < 0:
-            raise UserError(f"rescale must be >= 0 (0: the paper's PCW), got {rescale}.")
         if keep_windows and rank == "embedding" and embedder is None:
             raise UserError("keep_windows with rank 'embedding' needs an embedder (or rank: score / relevance / order).")
         self.llm, self.max_new_tokens, self.n_windows, self.window_tokens = llm, max_new_tokens, n_windows, window_tokens

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 
-from ..errors import UserError
 from ..events import progress
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import PositiveInt, UnitFloat, check_template
@@ -50,12 +49,8 @@ class Refine(Component):
     def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, qa_prompt: str = QA_PROMPT,
                  refine_prompt: str = REFINE_PROMPT, chunks_per_step: PositiveInt | None = None, early_stop: PositiveInt | None = None,
                  reserve: UnitFloat = 0.0, max_chunks: PositiveInt | None = None):
-        check_template("qa_prompt", qa_prompt, ("context", "question"), ("context", "question"))
-        check_template("refine_prompt", refine_prompt, ("context", "question", "answer"), ("context", "question", "answer"))
-        if early_stop is not None and early_stop < 1:
-            raise UserError(f"early_stop must be >= 1 (or null), got {early_stop}.")
-        if chunks_per_step is not None and chunks_per_step < 1:
-            raise UserError(f"chunks_per_step must be >= 1 (or null), got {chunks_per_step}.")
+        check_template("qa_prompt", qa_prompt, ("context", "question"))
+        check_template("refine_prompt", refine_prompt, ("context", "question", "answer"))
         self.llm, self.max_new_tokens, self.qa_prompt, self.refine_prompt = llm, max_new_tokens, qa_prompt, refine_prompt
         self.chunks_per_step, self.early_stop, self.reserve, self.max_chunks = chunks_per_step, early_stop, reserve, max_chunks
 

@@ -22,7 +22,7 @@ class Stuff(Component):
 
     def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, prompt: str = PROMPT, order: str = "score",
                  max_chunks: PositiveInt | None = None):
-        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
+        check_template("prompt", prompt, ("context", "question"))
         if order not in ("score", "document"):
             raise ValueError(f"order must be 'score' or 'document', got {order!r}")
         self.llm, self.max_new_tokens, self.prompt, self.order, self.max_chunks = llm, max_new_tokens, prompt, order, max_chunks

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-from ..errors import SpecError
 from ..graph.component import component
 from ..graph.params import NonNegativeInt, PositiveInt
 from ..types import Chunk
@@ -98,10 +97,6 @@ class SentenceChunker(Chunker):
 
     def __init__(self, size: PositiveInt = 256, overlap_sentences: NonNegativeInt = 0, llm: OptionalLLMRef = None):
         check_size(size)
-        if overlap_sentences < 0:
-            e = SpecError(f"parameter 'overlap_sentences' must be 0 or more, got {overlap_sentences}.")
-            e.param = "overlap_sentences"  # type: ignore[attr-defined]
-            raise e
         self.size, self.overlap_sentences, self.llm = size, overlap_sentences, llm
 
     def split(self, text: str, doc_id: str) -> list[Chunk]:

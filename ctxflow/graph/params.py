@@ -38,9 +38,9 @@ NonNegativeFloat = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_
 FiniteFloat = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 
 
-def check_template(name: str, text: str, fields: Iterable[str], required: Iterable[str] = ()) -> str:
+def check_template(name: str, text: str, fields: Iterable[str], required: Iterable[str] | None = None) -> str:
     """Return ``text`` if it is a valid ``str.format`` template over ``fields`` containing every
-    ``required`` placeholder; raise :class:`~ctxflow.errors.UserError` saying what is wrong."""
+    ``required`` placeholder (default: every field); raise :class:`~ctxflow.errors.UserError` saying what is wrong."""
     from ..errors import UserError
 
     def fail(msg: str) -> UserError:
@@ -48,7 +48,8 @@ def check_template(name: str, text: str, fields: Iterable[str], required: Iterab
         err.param = name  # type: ignore[attr-defined]  # lets a YAML error point at the parameter's line
         return err
 
-    fields, required = list(fields), list(required)
+    fields = list(fields)
+    required = fields if required is None else list(required)
     valid = ", ".join("{" + f + "}" for f in fields)
     hint = f"{name} may use the placeholders {valid}; write {{{{ and }}}} for literal braces."
     if not isinstance(text, str):

@@ -16,7 +16,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..errors import UserError
 from ..graph.component import component
 from ..graph.params import NonNegativeFloat, PositiveInt, UnitFloat
 from ..types import Chunk, Scored
@@ -127,8 +126,6 @@ class BM25Memory(BankComponent):
     bank_class = BM25Bank
 
     def __init__(self, top_k: PositiveInt = 5, store: str | None = None, k1: NonNegativeFloat = 1.5, b: UnitFloat = 0.75):
-        if k1 < 0 or not 0 <= b <= 1:
-            raise UserError(f"bm25 needs k1 >= 0 and 0 <= b <= 1; got k1={k1}, b={b}.")
         self.k1, self.b = k1, b
         self._setup(top_k, store)
 

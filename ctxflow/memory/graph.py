@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..graph.component import OptionalEmbedderRef, OptionalLLMRef, component
-from ..graph.params import FiniteFloat, NonNegativeInt, PositiveInt
+from ..graph.params import FiniteFloat, PositiveInt
 from ..types import Chunk, Citation, Scored
 from .base import BankComponent, MemoryBank, chunks_from_jsonl, chunks_to_jsonl, hit
 from .extract import extract, normalize_entity, normalize_relation
@@ -207,13 +207,11 @@ class GraphMemory(BankComponent):
     bank_class = GraphBank
 
     def __init__(self, llm: OptionalLLMRef = None, embedder: OptionalEmbedderRef = None, extractor: str = "rules",
-                 hops: NonNegativeInt = 1, link_threshold: FiniteFloat = 0.6, top_k: PositiveInt = 5, store: str | None = None):
+                 hops: PositiveInt = 1, link_threshold: FiniteFloat = 0.6, top_k: PositiveInt = 5, store: str | None = None):
         if extractor not in EXTRACTORS:
             raise UserError(f"extractor must be one of {', '.join(EXTRACTORS)}; got {extractor!r}.")
         if extractor != "rules" and llm is None:
             raise UserError(f"extractor {extractor!r} needs an llm (a models: entry); or use extractor: rules.")
-        if hops < 1:
-            raise UserError(f"hops must be at least 1, got {hops}.")
         self.llm, self.embedder = llm, embedder
         self.bank_params = {"extractor": extractor, "hops": hops, "link_threshold": link_threshold}
         self._setup(top_k, store)

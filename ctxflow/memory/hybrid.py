@@ -109,8 +109,6 @@ class HybridMemory(BankComponent):
                  weights: dict[str, NonNegativeFloat] | None = None, fetch: PositiveInt = 50, index: str = "auto", store: str | None = None):
         if index not in INDEXES:
             raise UserError(f"index must be one of {', '.join(INDEXES)}; got {index!r}.")
-        if k_rrf <= 0:
-            raise UserError(f"k_rrf must be > 0, got {k_rrf}.")
         self.embedder = embedder
         self.bank_params = {"k_rrf": k_rrf, "weights": _weights(weights), "fetch": fetch, "index": index}
         self._setup(top_k, store)

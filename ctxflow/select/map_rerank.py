@@ -73,9 +73,7 @@ class MapRerank(Component):
                  max_new_tokens: PositiveInt = 48, retrieval_weight: NonNegativeFloat = 1.0, prompt: str = ANSWER_PROMPT):
         if method not in METHODS:
             raise UserError(f"select.map_rerank: method must be one of {', '.join(METHODS)}; got {method!r}.")
-        if top_k < 1 or max_candidates < 1 or max_new_tokens < 1:
-            raise UserError("select.map_rerank: top_k, max_candidates and max_new_tokens must be at least 1.")
-        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
+        check_template("prompt", prompt, ("context", "question"))
         self.llm, self.top_k, self.method, self.max_candidates = llm, top_k, method, max_candidates
         self.max_new_tokens, self.retrieval_weight, self.prompt = max_new_tokens, retrieval_weight, prompt
         # the parse mode runs on any model (black box); the others read token probabilities

@@ -62,8 +62,8 @@ class MemRecall(Component):
             raise UserError(f"select.memrecall: judge must be one of {', '.join(JUDGES)}; got {judge!r}.")
         if judge == "embedding" and embedder is None:
             raise UserError("select.memrecall: judge 'embedding' needs an embedder (embedder: embed).")
-        if iterations < 1 or keep < 1 or increment < 0 or prefilter < 1 or block_size < 8:
-            raise UserError("select.memrecall: iterations, keep and prefilter must be >= 1, increment >= 0, block_size >= 8.")
+        if block_size < 8:
+            raise UserError(f"select.memrecall: block_size must be at least 8 tokens, got {block_size}.")
         if budget is not None and budget < 8:
             raise UserError(f"select.memrecall: budget must be at least 8 tokens, got {budget}.")
         self.llm, self.embedder, self.judge, self.budget = llm, embedder, judge, budget

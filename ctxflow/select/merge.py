@@ -21,10 +21,8 @@ class Merge(Component):
     each source contributes (e.g. ``[3, 2]``), ``k`` the total."""
 
     def __init__(self, limits: list[NonNegativeInt] | None = None, k: PositiveInt | None = None):
-        if limits is not None and (not limits or any(n < 0 for n in limits)):
+        if limits is not None and not limits:
             raise UserError(f"select.merge: limits must be a list of counts >= 0, one per source; got {limits!r}.")
-        if k is not None and k < 1:
-            raise UserError(f"select.merge: k must be at least 1, got {k}.")
         self.limits, self.k = limits, k
 
     def run(self, first: list[Scored[Chunk]], second: list[Scored[Chunk]] | None = None,

@@ -53,8 +53,8 @@ class BookSummary(Component):
             raise UserError(f"section_tokens must be at least 64 (or left out for a quarter of the context), got {section_tokens}.")
         if max_new_tokens < 8:
             raise UserError(f"max_new_tokens must be at least 8, got {max_new_tokens}.")
-        check_template("section_prompt", section_prompt, ("title", "text"), ("title", "text"))
-        check_template("fold_prompt", fold_prompt, ("name", "text"), ("name", "text"))
+        check_template("section_prompt", section_prompt, ("title", "text"))
+        check_template("fold_prompt", fold_prompt, ("name", "text"))
         self.llm, self.section_tokens, self.max_new_tokens, self.step = llm, section_tokens, max_new_tokens, step
         self.section_prompt, self.fold_prompt = section_prompt, fold_prompt
 

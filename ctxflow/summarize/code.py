@@ -82,8 +82,6 @@ class CodeSummary(Component):
             raise UserError(f"chunk_tokens must be at least 32, got {chunk_tokens}.")
         if file_tokens is not None and file_tokens < 64:
             raise UserError(f"file_tokens must be at least 64 (or left out), got {file_tokens}.")
-        if max_files < 1:
-            raise UserError(f"max_files must be at least 1, got {max_files}.")
         self.llm, self.file_tokens, self.chunk_tokens, self.max_new_tokens = llm, file_tokens, chunk_tokens, max_new_tokens
         self.max_bytes, self.max_files, self.step = max_bytes, max_files, step
 

@@ -70,9 +70,7 @@ class CodeAnswer(Component):
     """Answer from code chunks with ``path:line`` citations (see the module doc)."""
 
     def __init__(self, llm: LLMRef = "llm", max_new_tokens: PositiveInt = 96, max_chunks: PositiveInt = 6, prompt: str = PROMPT):
-        check_template("prompt", prompt, ("context", "question"), ("context", "question"))
-        if max_chunks < 1:
-            raise UserError(f"max_chunks must be at least 1, got {max_chunks}.")
+        check_template("prompt", prompt, ("context", "question"))
         self.llm, self.max_new_tokens, self.max_chunks, self.prompt = llm, max_new_tokens, max_chunks, prompt
 
     def run(self, chunks: ChunkList, question: str) -> dict:
