@@ -100,11 +100,16 @@ def own_window(cfg) -> tuple[int | None, str] | None:
     return (w, "sliding_attention" if getattr(cfg, "sliding_window", None) else "chunked_attention")
 
 
+def cuts(own: tuple[int | None, str] | None, n: int) -> bool:
+    """Whether a model's own window (:func:`own_window`) cuts a sequence of ``n`` tokens."""
+    return own is not None and (own[0] is None or n > own[0])
+
+
 def check_supported(model, max_len: int) -> None:
     """Refuse models whose own windows (sliding or chunked layers) would cut a sequence of ``max_len``
     tokens: the ring would not apply them."""
     own = own_window(model.config)
-    if own is not None and (own[0] is None or max_len > own[0]):
+    if cuts(own, max_len):
         raise ValueError(f"{type(model).__name__} limits its {own[1]} layers to a window of its own "
                          f"({own[0]} tokens) and this generation reaches {max_len} tokens; the ring cache would not keep that "
                          "window: use cache 'dynamic' for this model")

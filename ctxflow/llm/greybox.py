@@ -50,14 +50,18 @@ class GreyBox:
         ids = torch.tensor([[self._pad_id or 0, 1, 2, 3]], device=m.device)
         with torch.inference_mode():
             want = m(input_ids=ids, use_cache=False).logits.float()
-            base = m.get_decoder() if hasattr(m, "get_decoder") else m.base_model
-            got = self._head(base(input_ids=ids, use_cache=False).last_hidden_state)
+            got = self._head(self._decoder()(input_ids=ids, use_cache=False).last_hidden_state)
         err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
         if not err < 1e-2:
             raise UserError(f"{type(m).__name__} post-processes its logits in a way ctxflow's grey-box calls (logprobs, "
                              f"next-token logits: Map-Rerank, MemRecall, PCW, NBCE) do not reproduce (relative difference "
                              f"{err:.2g}); use black-box strategies (aggregate.stuff, map_reduce, refine) with this model")
         m._ctxflow_head_checked = True
+
+    def _decoder(self):
+        """The model without its output head (hidden states out)."""
+        m = self._model
+        return m.get_decoder() if hasattr(m, "get_decoder") else m.base_model
 
     def _hidden_right_padded(self, seqs: list[list[int]]):
         """Last hidden states (B, L, H) of right-padded ``seqs`` (positions 0..n-1)."""
@@ -71,8 +75,7 @@ class GreyBox:
             inp[r, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[r, : len(s)] = 1
         pos = torch.arange(L).expand(len(seqs), L)
-        base = self._model.get_decoder() if hasattr(self._model, "get_decoder") else self._model.base_model
-        out = base(input_ids=inp.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False)
+        out = self._decoder()(input_ids=inp.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False)
         return out.last_hidden_state
 
     def logprobs(self, prompts: Sequence[Prompt], continuations: Sequence[str], chat: bool = True) -> list[list[float]]:
@@ -146,13 +149,28 @@ class GreyBox:
             return torch.zeros((0, self._model.config.vocab_size), dtype=torch.float32)
         return torch.stack(out)  # type: ignore[arg-type]
 
+    def _forward_limits(self) -> tuple:
+        """``(own window, takes position ids)`` of the loaded model, worked out once per model (``forward``
+        runs once per generated token in PCW/NBCE): its sliding/chunked window (``ring.own_window``), and
+        whether chosen position ids move its tokens (not with ALiBi, which has none)."""
+        m = self._model
+        lim = getattr(m, "_ctxflow_forward_limits", None)
+        if lim is None:
+            import inspect
+
+            from ..attention.ring import own_window
+
+            takes = "position_ids" in inspect.signature(m.forward).parameters and not getattr(m.config, "alibi", False)
+            lim = m._ctxflow_forward_limits = (own_window(m.config), takes)
+        return lim
+
     def _check_own_window(self, total: int) -> None:
         """Refuse a raw forward longer than the model's own sliding/chunked window: its cache then keeps only
         the window, so explicit masks and reused prefixes (PCW, NBCE) would not line up with it."""
-        from ..attention.ring import own_window
+        from ..attention.ring import cuts
 
-        own = own_window(self._model.config)
-        if own is not None and (own[0] is None or total > own[0]):
+        own = self._forward_limits()[0]
+        if cuts(own, total):
             w = own[0]
             raise UserError(f"{type(self._model).__name__} limits its {own[1]} layers to the last {w} tokens, and this "
                             f"grey-box forward (PCW, NBCE: explicit masks, reused KV) spans {total} tokens. NBCE stays inside the "
@@ -198,9 +216,7 @@ class GreyBox:
         if position_ids is None:
             position_ids = torch.arange(past, K, device=dev).expand(B, Q)
         else:
-            import inspect
-
-            if "position_ids" not in inspect.signature(model.forward).parameters or getattr(model.config, "alibi", False):
+            if not self._forward_limits()[1]:
                 raise UserError(f"{type(model).__name__} takes no position ids (its positions are fixed, e.g. ALiBi), so "
                                 "grey-box calls that place tokens at chosen positions (PCW, NBCE) cannot run on it; use "
                                 "aggregate.stuff, map_reduce or refine with this model.")

@@ -34,7 +34,7 @@ from ..graph.registry import register_model
 from .base import GREY_BOX, LLM, Generation, Prompt
 from .cache import default_cache, make_key
 from .greybox import GreyBox
-from .models import ModelSource, load_causal_lm, resolve_llm, torch_dtype
+from .models import ModelSource, load_causal_lm, resolve_llm, torch_dtype, trained_context
 
 # (folder or gguf, dtype, device) -> (model, tokenizer): weights shared by all LocalLM instances
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -70,28 +70,6 @@ def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
 def _sub_seed(seed: int, k: int) -> int:
     """Seed of the k-th copy of the same prompt within one call (k=0: ``seed`` itself)."""
     return seed if k == 0 else (seed * 1_000_003 + k * 7_919 + 12_345) % (2**63 - 1)
-
-
-#: config fields that hold a model's trained context length, by architecture family
-_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length", "n_ctx")
-
-
-def trained_context(config, tokenizer=None) -> int:
-    """The context length a model was trained for: its config's field for it (``max_position_embeddings``,
-    GPT-2's ``n_positions``, MPT's ``max_seq_len``, ...), else the tokenizer's ``model_max_length``, else
-    2048 with a warning (set ``max_context`` to say the right one)."""
-    for cfg in (config, getattr(config, "text_config", None)):
-        for name in _CONTEXT_FIELDS:
-            v = getattr(cfg, name, None) if cfg is not None else None
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
-    v = getattr(tokenizer, "model_max_length", None)
-    if isinstance(v, int) and 0 < v < 10_000_000:  # transformers' "unset" is a huge sentinel
-        return v
-    import warnings
-
-    warnings.warn(f"{type(config).__name__} states no context length; assuming 2048 tokens (set max_context to change it)")
-    return 2048
 
 
 @register_model("local")

@@ -265,6 +265,28 @@ def load_causal_lm(src: ModelSource, dtype: str = "float32", device: str = "cpu"
         return _load_folder(src, folder, dtype, device)
 
 
+#: config fields that hold a model's trained context length, by architecture family
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length", "n_ctx")
+
+
+def trained_context(config, tokenizer=None) -> int:
+    """The context length a model was trained for: its config's field for it (``max_position_embeddings``,
+    GPT-2's ``n_positions``, MPT's ``max_seq_len``, ...), else the tokenizer's ``model_max_length``, else
+    2048 with a warning (set ``max_context`` to say the right one)."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for name in _CONTEXT_FIELDS:
+            v = getattr(cfg, name, None) if cfg is not None else None
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    v = getattr(tokenizer, "model_max_length", None)
+    if isinstance(v, int) and 0 < v < 10_000_000:  # transformers' "unset" is a huge sentinel
+        return v
+    import warnings
+
+    warnings.warn(f"{type(config).__name__} states no context length; assuming 2048 tokens (set max_context to change it)")
+    return 2048
+
+
 def _load_folder(src: ModelSource, folder: Path, dtype: str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -6,7 +6,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ctxflow.errors import ModelNotFoundError, UserError
-from ctxflow.llm.local import LocalLM, trained_context
+from ctxflow.llm.local import LocalLM
+from ctxflow.llm.models import trained_context
 
 
 @pytest.fixture(scope="module")
