@@ -13,9 +13,10 @@ from .errors import CtxflowError, SpecError, UserError  # noqa: E402
 from .graph.component import Component, EmbedderRef, LLMRef, component  # noqa: E402
 from .graph.pipeline import Pipeline, RunResult  # noqa: E402
 from .graph.spec import dump, dumps, load, loads  # noqa: E402
+from .io import read_document  # noqa: E402
 from .types import Answer, Chunk, Citation, Document, Scored  # noqa: E402
 
 __all__ = [
     "Answer", "Chunk", "Citation", "Component", "CtxflowError", "Document", "EmbedderRef", "LLMRef", "Pipeline",
-    "RunResult", "Scored", "SpecError", "UserError", "component", "dump", "dumps", "load", "loads", "__version__",
+    "RunResult", "Scored", "SpecError", "UserError", "component", "dump", "dumps", "load", "loads", "read_document", "__version__",
 ]

@@ -5,6 +5,7 @@
     ctxflow draw PIPELINE -o FILE            (.png drawn offline, .mmd Mermaid text)
     ctxflow ask DOC QUESTION [--pipeline FILE] [--json] [--stream]
     ctxflow ask --store DIR QUESTION [--json]
+    ctxflow text FILE [--json]               (the text read from a PDF, HTML, EPUB, DOCX or text file)
     ctxflow index PATH... --store DIR [--bank ...]        (ctxflow/memory/cli.py)
     ctxflow bench lines --lines 200,400,600 --per N [--pipeline FILE] [--json OUT]
     ctxflow --version
@@ -117,8 +118,12 @@ def print_answer(ans: Any, stream=sys.stdout, text: bool = True, source: str = "
         print("\nCitations:", file=stream)
         for i, c in enumerate(cits, 1):
             where = c.meta.get("path") or c.doc_id or source
-            if c.meta.get("line"):
+            if c.meta.get("page"):  # a PDF: its page, not a line of the extracted text
+                where = f"{where} (page {c.meta['page']})"
+            elif c.meta.get("line"):
                 where = f"{where}:{c.meta['line']}"
+            if c.meta.get("section"):
+                where = f"{where} ({c.meta['section']})"
             quote = c.text if len(c.text) <= 300 else c.text[:297] + "..."
             quote = quote.replace("\n", " ")
             print(f"  [{i}] {where} [{c.start}:{c.end}] \"{quote}\"", file=stream)
@@ -216,6 +221,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
     printer = TokenPrinter() if args.stream and not args.json else None
     res = _run_pipeline(p, inputs, args.quiet, [printer] if printer else [])
     ans = res.outputs.get("answer") or next(iter(res.outputs.values()))
+    if doc.meta.get("format"):  # a converted PDF/EPUB/...: each citation's page or section
+        from .formats import locate
+
+        for c in getattr(ans, "citations", None) or []:
+            c.meta.update(locate(doc.meta, c.start))
     if args.json:
         d = jsonable(ans) if hasattr(ans, "model_dump") else {"answer": jsonable(ans)}
         out = {"answer": d.get("text", d.get("answer")), "citations": [
@@ -228,6 +238,19 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print_answer(ans, sys.stdout, text=False, source=args.doc)
     else:
         print_answer(ans, source=args.doc)
+    return 0
+
+
+def cmd_text(args: argparse.Namespace) -> int:
+    """``ctxflow text FILE``: the text ctxflow reads from a file (PDF, HTML, EPUB and DOCX are
+    converted); citation offsets index exactly this text."""
+    from .io import read_document
+
+    doc = read_document(args.file)
+    if args.json:
+        print(json.dumps({"text": doc.text, "meta": jsonable(doc.meta)}, ensure_ascii=False))
+    else:
+        sys.stdout.write(doc.text if doc.text.endswith("\n") else doc.text + "\n")
     return 0
 
 
@@ -270,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     a.add_argument("--executor", metavar="TYPE[:K=V,...]", help="run map steps on: local, or ray[:actors=N,address=local|auto|ray://...]")
     a.set_defaults(fn=cmd_ask)
+
+    t = sub.add_parser("text", help="print the text ctxflow reads from a file (PDF, HTML, EPUB, DOCX converted)")
+    t.add_argument("file")
+    t.add_argument("--json", action="store_true", help="print {text, meta} (format, page offsets, sections) as JSON")
+    t.set_defaults(fn=cmd_text)
 
     b = sub.add_parser("bench", help="benchmarks (lines retrieval)")
     bsub = b.add_subparsers(dest="task", metavar="TASK")
@@ -335,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if getattr(args, "quiet", False):  # -q: transformers' "Loading weights" bar too
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         _check_output_paths(args)
         return int(args.fn(args) or 0)

@@ -1,5 +1,9 @@
 """Reading documents from disk, with clear errors for empty, binary and non-UTF-8 files.
 
+Text files are read as UTF-8 (or UTF-16 with a byte-order mark). PDF, HTML, EPUB and DOCX files
+are converted to text (``ctxflow.formats``); ``Document.meta["format"]`` says which, and offsets
+index the converted text (``ctxflow text FILE`` prints it).
+
 Documented fallback: invalid UTF-8 bytes are replaced by U+FFFD and the count is reported
 (a warning on stderr in the CLI, ``Document.meta["replaced_bytes"]`` in Python)."""
 from __future__ import annotations
@@ -25,9 +29,17 @@ def document_from_bytes(data: bytes, name: str) -> Document:
         raise DocumentError(f"{name} is empty: there is nothing to read.")
     if not data.strip():
         raise DocumentError(f"{name} holds only whitespace: there is nothing to read.")
+    from .formats import convert, sniff
+
+    fmt = sniff(data, name)
+    if fmt != "text":
+        text, meta = convert(data, name, fmt)
+        if not text.strip():
+            raise DocumentError(f"{name} holds no text after conversion from {fmt.upper()}.")
+        return Document(id=name, text=text, meta={"path": name, **meta})
     head = data[:8192]
     if b"\x00" in head and not (head.startswith((b"\xff\xfe", b"\xfe\xff"))):
-        raise DocumentError(f"{name} looks binary (it contains NUL bytes); give a text file (UTF-8).")
+        raise DocumentError(f"{name} looks binary (it contains NUL bytes); give a text file (UTF-8), or a PDF, HTML, EPUB or DOCX file.")
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return Document(id=name, text=data.decode("utf-16"), meta={"path": name, "encoding": "utf-16"})

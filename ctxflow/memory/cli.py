@@ -162,21 +162,25 @@ def _verify(citations: list[Any], err: Any) -> None:
     (``meta.verified``); a file changed or gone since indexing is reported on ``err``."""
     from ..io import document_from_bytes
 
-    texts: dict[str, str | None] = {}
+    from ..formats import locate
+
+    docs: dict[str, Any] = {}
     for c in citations:
         path = c.meta.get("path")
-        if path and path not in texts:
+        if path and path not in docs:
             try:
-                texts[path] = document_from_bytes(Path(path).read_bytes(), path).text
+                docs[path] = document_from_bytes(Path(path).read_bytes(), path)
             except Exception:
-                texts[path] = None
-        text = texts.get(path) if path else None
+                docs[path] = None
+        doc = docs.get(path) if path else None
+        text = doc.text if doc is not None else None
         if text is None:
             c.meta["verified"] = False
             if path:
                 print(f"warning: {path} (cited) can no longer be read; the quote comes from the store.", file=err)
             continue
         c.meta["line"] = text.count("\n", 0, c.start) + 1
+        c.meta.update(locate(doc.meta, c.start))  # a PDF's page, an EPUB's section
         c.meta["verified"] = text[c.start:c.end] == c.text
         if not c.meta["verified"]:
             print(f"warning: {path} changed since it was indexed: [{c.start}:{c.end}] no longer quotes the cited text; "

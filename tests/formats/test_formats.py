@@ -1,0 +1,168 @@
+"""PDF, HTML, EPUB and DOCX documents: converted text, page/section offsets, clear errors, and
+`ctxflow ask` on a real PDF with the embedded model (citations quote the converted text and name
+their page)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ctxflow.cli import main
+from ctxflow.errors import DocumentError
+from ctxflow.formats import html_text, locate, page_of
+from ctxflow.io import document_from_bytes, read_document
+
+from .files import docx_para, docx_table, make_docx, make_epub, make_pdf
+
+ROOT = Path(__file__).parent.parent.parent
+EXCERPT = (ROOT / "tests" / "data" / "jargon_excerpt.txt").read_text(encoding="utf-8")
+_ALL = EXCERPT.splitlines()
+_AT = next(i for i, line in enumerate(_ALL) if ":heisenbug:" in line)
+LINES = _ALL[max(0, _AT - 130):_AT + 110]  # 4 pages of the real document around the entry asked about
+
+
+def _pages(n_lines: int = 60) -> list[str]:
+    return ["\n".join(LINES[i:i + n_lines]) for i in range(0, len(LINES), n_lines)]
+
+
+@pytest.fixture(scope="module")
+def jargon_pdf(tmp_path_factory) -> Path:
+    return make_pdf(_pages(), tmp_path_factory.mktemp("pdf") / "jargon.pdf")
+
+
+def test_pdf_pages_and_offsets(jargon_pdf):
+    doc = read_document(jargon_pdf)
+    pages = _pages()
+    assert doc.meta["format"] == "pdf" and doc.meta["n_pages"] == len(pages) == len(doc.meta["pages"])
+    starts = doc.meta["pages"] + [len(doc.text) + 2]
+    for i, source in enumerate(pages):
+        got = doc.text[starts[i]:starts[i + 1] - 2]  # pages are joined by one blank line
+        # the text layer gives back each page's words in order (PDF text keeps no exact spacing)
+        assert got.split() == source.split(), i
+        mid = starts[i] + len(got) // 2
+        assert page_of(doc.meta, mid) == i + 1 == locate(doc.meta, mid)["page"]
+    assert page_of({"format": "html"}, 10) is None and locate({}, 3) == {}
+
+
+def test_pdf_errors(tmp_path, jargon_pdf):
+    scan = make_pdf(["", ""], tmp_path / "scan.pdf", image_only=True)
+    with pytest.raises(DocumentError, match="no text layer .*OCR"):
+        read_document(scan)
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(jargon_pdf.read_bytes()[:400])
+    with pytest.raises(DocumentError, match="not a readable PDF"):
+        read_document(broken)
+    import pypdf
+
+    w = pypdf.PdfWriter(clone_from=str(jargon_pdf))
+    w.encrypt("secret")
+    locked = tmp_path / "locked.pdf"
+    with open(locked, "wb") as f:
+        w.write(f)
+    with pytest.raises(DocumentError, match="encrypted PDF"):
+        read_document(locked)
+    # the CLI says so in one line, no traceback
+    assert main(["text", str(locked)]) == 2
+
+
+def test_html_structure():
+    html = """<!DOCTYPE html><html><head><title>The  Manual</title><style>p{color:red}</style>
+    <script>var x = "<p>not text</p>";</script></head><body>
+    <h1>Intro</h1><p>This is   a <b>bold</b>
+    claim.<br>New line &amp; more.</p><ul><li>one</li><li>two <i>three</i></li></ul>
+    <h2>Data</h2><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table>
+    <pre>code  line1\n   indented</pre><p>End.</p></body></html>"""
+    text, meta = html_text(html)
+    assert meta == {"format": "html", "title": "The Manual"}
+    assert text == ("# Intro\n\nThis is a bold claim.\nNew line & more.\n\n- one\n- two three\n\n## Data\n\n"
+                    "a | b\n1 | 2\n\ncode  line1\n   indented\n\nEnd.")
+    # by suffix or by doctype; an .html file's headings become the book summarizer's chapters
+    doc = document_from_bytes(b"<p>Hello <em>world</em></p>", "page.htm")
+    assert doc.text == "Hello world" and doc.meta["format"] == "html"
+    assert document_from_bytes(b"<p>Hello</p>", "notes.txt").text == "<p>Hello</p>"  # a .txt stays text
+    from ctxflow.summarize.structure import build_tree
+
+    method, tree = build_tree(text)
+    assert method == "markdown"
+    assert [c.title for c in tree.children] == ["Intro"] and [c.title for c in tree.children[0].children] == ["Data"]
+
+
+def test_epub_reading_order_and_sections(tmp_path):
+    chapters = [("Chapter One", "<h1>One</h1><p>The first kluge.</p>"),
+                ("Chapter Two", "<h1>Two</h1><p>A second <b>hack</b>.</p><script>bad()</script>"),
+                ("Notes", "<p>   </p>")]
+    book = make_epub(chapters, tmp_path / "book.epub", spine_order=[1, 0, 2])
+    doc = read_document(book)
+    assert doc.meta["format"] == "epub" and doc.meta["title"] == "A Test Book"
+    assert doc.text == "# Two\n\nA second hack.\n\n# One\n\nThe first kluge."  # spine order; empty chapter dropped
+    assert [s["title"] for s in doc.meta["sections"]] == ["Chapter Two", "Chapter One"]
+    assert locate(doc.meta, doc.text.index("kluge"))["section"] == "Chapter One"
+    assert locate(doc.meta, 0)["section"] == "Chapter Two"
+
+
+def test_docx_paragraphs_headings_lists_tables(tmp_path):
+    body = [docx_para("Report", "Title"), docx_para("Scope", "Heading2"), docx_para("First |part| of text."),
+            docx_para("item a", numbered=True), docx_para("item b", "ListParagraph"),
+            docx_table([["k", "v"], ["x", "1"]]), docx_para("Last.")]
+    doc = read_document(make_docx(body, tmp_path / "r.docx"))
+    assert doc.meta["format"] == "docx"
+    assert doc.text == "# Report\n\n## Scope\n\nFirst part of text.\n\n- item a\n- item b\nk | v\nx | 1\n\nLast."
+
+
+def test_other_zip_and_binary_are_refused(tmp_path):
+    import zipfile
+
+    z = tmp_path / "data.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("a.txt", "hello")
+    with pytest.raises(DocumentError, match="neither EPUB nor DOCX"):
+        read_document(z)
+    with pytest.raises(DocumentError, match="looks binary.*PDF, HTML, EPUB or DOCX"):
+        document_from_bytes(b"\x7fELF\x00\x00\x01", "prog")
+
+
+def test_text_command(jargon_pdf, capsys):
+    assert main(["text", str(jargon_pdf), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["meta"]["format"] == "pdf" and out["text"] == read_document(jargon_pdf).text
+    assert main(["text", str(jargon_pdf)]) == 0
+    assert capsys.readouterr().out == out["text"] + "\n"
+
+
+def test_ask_a_pdf_cites_pages(jargon_pdf, llm, embedder, capsys):
+    """The default pipeline on a PDF with the embedded model: citations quote the converted text
+    exactly, name their page, and one lies on the page that holds the entry asked about."""
+    rc = main(["ask", str(jargon_pdf), "According to the Jargon File, the term 'heisenbug' comes from which "
+               "principle of quantum physics?", "--json", "-q"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["answer"].strip()
+    doc = read_document(jargon_pdf)
+    assert res["citations"]
+    for c in res["citations"]:
+        assert doc.text[c["start"]:c["end"]] == c["text"]
+        assert c["page"] == page_of(doc.meta, c["start"])
+    entry_page = page_of(doc.meta, doc.text.index(":heisenbug:"))
+    assert any(c["page"] == entry_page for c in res["citations"]), (entry_page, res["citations"])
+
+
+def test_index_a_folder_of_pdf_and_html_then_ask_the_store(jargon_pdf, tmp_path, capsys, llm, embedder):
+    """`ctxflow index` reads PDFs and HTML like text files (converted); `ask --store` cites the
+    converted text exactly, verified against the file, with the PDF page."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "manual.pdf").write_bytes(jargon_pdf.read_bytes())
+    (docs / "notes.html").write_text("<html><body><h1>Lunch</h1><p>The team eats lunch at noon in the "
+                                     "garden.</p></body></html>", encoding="utf-8")
+    store = tmp_path / "store"
+    assert main(["index", str(docs), "--store", str(store), "--quiet"]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    assert main(["ask", "--store", str(store), "What is a heisenbug?", "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["citations"]
+    for c in out["citations"]:
+        doc = read_document(c["path"])
+        assert doc.text[c["start"]:c["end"]] == c["text"] and c["verified"] is True
+        if c["path"].endswith(".pdf"):
+            assert c["page"] == page_of(doc.meta, c["start"])
+    assert any(c["path"].endswith(".pdf") for c in out["citations"])
