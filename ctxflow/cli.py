@@ -237,6 +237,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print()
         print_answer(ans, sys.stdout, text=False, source=args.doc)
     else:
+        if printer is not None and not args.quiet:
+            print(f"note: --stream: {Path(p.source).name if p.source else 'this pipeline'} writes its answer without "
+                  "streaming (e.g. select.map_rerank picks one of several drafts), so it prints whole.", file=sys.stderr)
         print_answer(ans, source=args.doc)
     return 0
 

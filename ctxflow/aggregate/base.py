@@ -10,7 +10,8 @@ from ..types import Chunk, Citation, Scored
 
 ChunkList = Union[list[Chunk], list[Scored[Chunk]]]
 _W = re.compile(r"\w+", re.UNICODE)
-_SENT = re.compile(r"[^.!?\n]+(?:[.!?]+|\n|$)")
+_MARK = re.compile(r"[.!?\u3002\uff01\uff1f]")
+_LINE = re.compile(r"[^\n]+")
 
 
 def unwrap(items: Sequence[Chunk | Scored[Chunk]]) -> list[tuple[Chunk, float | None]]:
@@ -98,26 +99,39 @@ def best_span(chunk: Chunk, answer: str, question: str = "") -> Citation:
     aw = {w.lower() for w in _W.findall(answer) if len(w) > 1}
     qw = {w.lower() for w in _W.findall(question) if len(w) > 3}
     best, best_s = None, 0.0
-    for m in _SENT.finditer(chunk.text):
-        s = m.group(0)
-        if not s.strip():
-            continue
-        words = {w.lower() for w in _W.findall(s)}
+    for a, b in citation_units(chunk.text):
+        words = {w.lower() for w in _W.findall(chunk.text[a:b])}
         score = len(aw & words) + 0.3 * len(qw & words)
         if score > best_s:
-            best, best_s = m, score
+            best, best_s = (a, b), score
     if best is None or not aw:
         return Citation.from_chunk(chunk)
-    a, b = best.span()
-    seg = chunk.text[a:b]
-    a += len(seg) - len(seg.lstrip())
-    b -= len(seg) - len(seg.rstrip())
+    a, b = best
     cit = Citation.from_chunk(chunk)
     meta = {**cit.meta, "chunk": [chunk.start, chunk.end]}
     if isinstance(meta.get("line"), int):  # the chunk's line numbers, moved to the quoted sentence
         meta["line"] = chunk.meta["line"] + _newlines(chunk.text[:a])
         meta["end_line"] = meta["line"] + _newlines(chunk.text[a:max(a, b - 1)])
     return cit.model_copy(update={"start": chunk.start + a, "end": chunk.start + b, "text": chunk.text[a:b], "meta": meta})
+
+
+def citation_units(text: str) -> list[tuple[int, int]]:
+    """What a citation may quote: whole sentences (hard-wrapped prose stays one sentence across its
+    line breaks), except that a run of lines without any sentence mark (records, list items, table
+    rows) is one unit per line. Ranges are stripped and non-empty."""
+    from ..chunking.base import strip_range
+    from ..chunking.sentences import split_sentences
+
+    out: list[tuple[int, int]] = []
+    for s, e in split_sentences(text):
+        if "\n" in text[s:e] and not _MARK.search(text, s, e):
+            for m in _LINE.finditer(text, s, e):
+                a, b = strip_range(text, m.start(), m.end())
+                if b > a:
+                    out.append((a, b))
+        else:
+            out.append((s, e))
+    return out
 
 
 def _newlines(text: str) -> int:
