@@ -49,7 +49,7 @@ def document_from_bytes(data: bytes, name: str) -> Document:
         text = data.decode("utf-8-sig")
         replaced = 0
     except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8-sig", errors="replace")  # -sig: a BOM is dropped here too (offsets stay exact)
         replaced = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
     if not text.strip():
         raise DocumentError(f"{name} holds only whitespace: there is nothing to read.")
@@ -57,3 +57,9 @@ def document_from_bytes(data: bytes, name: str) -> Document:
     if replaced:
         meta["replaced_bytes"] = replaced
     return Document(id=name, text=text, meta=meta)
+
+
+def read_source_text(path: str | Path) -> str:
+    """A source file's text exactly as citation offsets count it: UTF-8 with a BOM dropped, line
+    endings kept (CRLF stays two characters), invalid bytes replaced by U+FFFD; no conversion."""
+    return Path(path).read_bytes().decode("utf-8-sig", errors="replace")

@@ -42,3 +42,8 @@ def test_invalid_utf8_is_replaced_and_reported(tmp_path, capsys):
     # an empty question is refused before any model loads; the document warning comes first
     assert main(["ask", str(f), " "]) == 2
     assert "question is empty" in capsys.readouterr().err
+
+
+def test_bom_is_dropped_also_when_bytes_are_replaced():
+    doc = document_from_bytes(b"\xef\xbb\xbfHello w\xf6rld\n", "x.txt")
+    assert doc.text == "Hello w\ufffdrld\n" and doc.meta["replaced_bytes"] == 1

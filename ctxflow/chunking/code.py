@@ -151,11 +151,16 @@ class _Python:
         grouped: list[_Unit] = []
         for u in out:
             if (grouped and not u.is_def and not grouped[-1].is_def and grouped[-1].kind == u.kind
-                    and self.tokens(grouped[-1].l0, u.l1) <= self.size):
+                    and (self.tokens(grouped[-1].l0, u.l1) <= self.size or self.is_header(grouped[-1]))):
                 grouped[-1].l1 = u.l1
             else:
                 grouped.append(u)
         return grouped
+
+    def is_header(self, u: _Unit) -> bool:
+        """A short block ending in ``:`` (a ``class X(...):`` line): it stays with what follows even
+        when that is over size (the oversized block is then cut, the header going with its first part)."""
+        return self.line(u.l1).rstrip().endswith(":") and self.tokens(u.l0, u.l1) <= 64
 
     def split_class(self, u: _Unit) -> list[_Unit] | None:
         node: ast.ClassDef = u.node

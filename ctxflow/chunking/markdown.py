@@ -14,7 +14,7 @@ _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*\r?$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*\r?$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _NOT_PARAGRAPH = re.compile(r"^(?: {4}|\t| {0,3}(?:[-*+]\s|\d{1,9}[.)]\s|>|\||#{1,6}(?:[ \t]|$)|`{3,}|~{3,}|<))")
-_LINE = re.compile(r"[^\n]*\n|[^\n]+$")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # \n, \r\n or a lone \r ends a line
 
 #: the separators used inside a section that is too big: paragraphs, lines, sentences, words, tokens
 SECTION_SEPARATORS = ["\n\n", "\n", ". ", " ", ""]
@@ -30,7 +30,7 @@ class Heading:
 
 def find_headings(text: str) -> list[Heading]:
     """ATX (``## Title``) and setext (``Title`` over ``===`` / ``---``) headings outside code fences."""
-    lines = [(m.start(), m.end(), m.group(0).rstrip("\n")) for m in _LINE.finditer(text)]
+    lines = [(m.start(), m.end(), m.group(0).rstrip("\r\n")) for m in _LINE.finditer(text)]
     out: list[Heading] = []
     fence: str | None = None
     prev_para = False  # was the previous line a plain paragraph line (a setext candidate)?

@@ -15,6 +15,8 @@ import json
 import os
 import sqlite3
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -47,14 +49,35 @@ class LLMCache:
         self.path = Path(path) if path is not None else cache_dir() / "llm_calls.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(_SCHEMA)
+        try:
+            self._conn = self._connect()
+        except sqlite3.OperationalError:  # locked, read-only, ...: not damage
+            raise
+        except sqlite3.DatabaseError as exc:  # not a database / malformed: moved aside (kept), a fresh one made
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(str(self.path) + suffix)
+                if part.exists():
+                    os.replace(part, str(aside) + suffix)
+            warnings.warn(f"the LLM-call cache {self.path} was damaged ({exc}); moved it to {aside} and started an "
+                          "empty one (cached answers are recomputed once)", RuntimeWarning, stacklevel=2)
+            self._conn = self._connect()
         self.hits = 0
         self.misses = 0
 
     key = staticmethod(make_key)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+            conn.execute("SELECT 1 FROM calls LIMIT 1").fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}

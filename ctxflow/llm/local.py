@@ -329,6 +329,8 @@ class LocalLM(GreyBox, LLM):
     def _params(self, **kw: Any) -> dict[str, Any]:
         if self.dtype != "float32":
             kw["dtype"] = self.dtype
+        if self.max_context is not None:  # a shorter window can cut a generation short: not the same call
+            kw["max_context"] = self.max_context
         return kw
 
     # ------------------------------------------------------------------ black box

@@ -31,7 +31,9 @@ def chunks_to_jsonl(chunks: Iterable[Chunk]) -> bytes:
 
 
 def chunks_from_jsonl(blob: bytes) -> list[Chunk]:
-    return [Chunk.model_validate_json(line) for line in blob.decode("utf-8").splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines() also breaks at U+2028/U+2029/U+0085, which JSON strings
+    # may hold unescaped (ensure_ascii=False), and would cut such a chunk's line in two
+    return [Chunk.model_validate_json(line) for line in blob.decode("utf-8").split("\n") if line.strip()]
 
 
 def chunks_key(chunks: Iterable[Chunk]) -> str:

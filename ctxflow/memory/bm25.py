@@ -4,7 +4,8 @@
 word characters joined by ``- _ . / : @ + #`` (or a comma between digits) such as
 ``swift-apple``, ``v1.2.3``, ``12,345`` or ``user@host`` is indexed as itself and as each
 alphanumeric part (``swift``, ``apple``), so a query for the whole key or for a part finds it.
-Numbers are kept as they are; a short list of English stop words is dropped.
+Numbers are kept as they are; a short list of English stop words is dropped. Chinese, Japanese
+and Korean text, written without spaces, is indexed by characters and character pairs (bigrams).
 
 The index is rebuilt lazily on the first search after an ``add``/``remove`` (bm25s indexes are
 not incremental, and building one is fast). A store holds only the chunks.
@@ -16,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..chunking.base import _CJK
 from ..graph.component import component
 from ..graph.params import NonNegativeFloat, PositiveInt, UnitFloat
 from ..types import Chunk, Scored
@@ -24,6 +26,7 @@ from .store import register_bank
 
 _COMPOUND = re.compile(r"\w+(?:(?:[-_./:@+#]|(?<=\d),(?=\d))\w+)*", re.UNICODE)
 _PART = re.compile(r"[^\W_]+", re.UNICODE)
+_CJK_RUN = re.compile(f"[{_CJK}]+")
 STOPWORDS = frozenset(
     "a an and are as at be by for from has have he her his i in is it its of on or she that the their them they this "
     "to was were will with what which who whom whose when where why how do does did you your we our me my".split()
@@ -31,10 +34,15 @@ STOPWORDS = frozenset(
 
 
 def tokenize(text: str, stopwords: frozenset[str] = STOPWORDS) -> list[str]:
-    """Lower-cased tokens of ``text``: compounds whole and by parts, numbers kept, stop words dropped."""
+    """Lower-cased tokens of ``text``: compounds whole and by parts, numbers kept, stop words dropped;
+    a run of CJK characters (written without spaces) gives each character and each pair of neighbours."""
     out: list[str] = []
-    for m in _COMPOUND.finditer(text.lower()):
+    for m in _COMPOUND.finditer(_CJK_RUN.sub(lambda r: f" {r.group(0)} ", text.lower())):
         tok = m.group(0)
+        if _CJK_RUN.fullmatch(tok):
+            out.extend(tok)
+            out.extend(tok[i:i + 2] for i in range(len(tok) - 1))
+            continue
         parts = _PART.findall(tok)
         if len(parts) == 1 and parts[0] == tok:
             if tok not in stopwords:

@@ -162,6 +162,7 @@ def _verify(citations: list[Any], err: Any) -> None:
     (``meta.verified``); a file changed or gone since indexing is reported on ``err``."""
     from ..io import document_from_bytes
 
+    from ..chunking.base import LineIndex
     from ..formats import locate
 
     docs: dict[str, Any] = {}
@@ -179,7 +180,7 @@ def _verify(citations: list[Any], err: Any) -> None:
             if path:
                 print(f"warning: {path} (cited) can no longer be read; the quote comes from the store.", file=err)
             continue
-        c.meta["line"] = text.count("\n", 0, c.start) + 1
+        c.meta["line"] = LineIndex(text).line(c.start)  # \n, \r\n or a lone \r each end a line
         c.meta.update(locate(doc.meta, c.start))  # a PDF's page, an EPUB's section
         c.meta["verified"] = text[c.start:c.end] == c.text
         if not c.meta["verified"]:

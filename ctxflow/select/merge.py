@@ -28,7 +28,9 @@ class Merge(Component):
     def run(self, first: list[Scored[Chunk]], second: list[Scored[Chunk]] | None = None,
             third: list[Scored[Chunk]] | None = None) -> dict:
         best: dict[tuple, tuple[float, int, int, Scored[Chunk]]] = {}
-        for s, source in enumerate(x for x in (first, second, third) if x is not None):
+        for s, source in enumerate((first, second, third)):  # s: the socket's own position, whichever are fed
+            if source is None:
+                continue
             ranked = sorted(source, key=lambda c: -c.score)
             if self.limits is not None:
                 ranked = ranked[: self.limits[s] if s < len(self.limits) else 0]

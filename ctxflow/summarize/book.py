@@ -114,9 +114,9 @@ class BookSummary(Component):
 
 
 def _line_starts(text: str) -> list[int]:
-    import re
+    from ..chunking.base import LineIndex
 
-    return [0] + [m.end() for m in re.finditer(r"\n", text)]
+    return LineIndex(text).starts
 
 
 def _line(starts: list[int], pos: int) -> int:

@@ -25,6 +25,7 @@ from ..chunking.code import CodeChunker, guess_language
 from ..errors import UserError
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import PositiveInt
+from ..io import read_source_text
 from .fold import Summarizer
 from .outline import Outline, outline_for
 from .walk import walk_codebase
@@ -98,7 +99,7 @@ class CodeSummary(Component):
         sm = Summarizer(llm, self.max_new_tokens, self.file_tokens, self.step)
         files: list[FileInfo] = []
         for rel in walk.files:
-            text = (walk.root / rel).read_text(encoding="utf-8", errors="replace")
+            text = read_source_text(walk.root / rel)  # exact: BOM dropped, CRLF kept
             lang = language_of(rel)
             files.append(FileInfo(rel, text, lang, outline_for(text, rel, lang), llm.count_tokens(text)))  # type: ignore[union-attr]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
+from ..chunking.base import LineIndex
 from ..chunking.markdown import find_headings
 
 
@@ -89,7 +90,7 @@ def _start(node: ast.AST) -> int:
 
 
 def python_outline(text: str, path: str) -> Outline:
-    n_lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    n_lines = count_lines(text)
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -110,17 +111,18 @@ def python_outline(text: str, path: str) -> Outline:
     return out
 
 
-def markdown_outline(text: str, path: str) -> Outline:
-    starts = [0]
-    for i, ch in enumerate(text):
-        if ch == "\n":
-            starts.append(i + 1)
-    import bisect
+def count_lines(text: str) -> int:
+    """Lines as ``wc -l`` counts them, plus a last line without a line break (\r\n and a lone \r end lines too)."""
+    n = len(LineIndex(text))
+    return n - 1 if text.endswith(("\n", "\r")) else n
 
-    out = Outline(path, "markdown", len(starts))
+
+def markdown_outline(text: str, path: str) -> Outline:
+    index = LineIndex(text)
+    out = Outline(path, "markdown", count_lines(text))
     for h in find_headings(text):
         if h.title:
-            line = bisect.bisect_right(starts, h.start)
+            line = index.line(h.start)
             out.symbols.append(Symbol("heading", h.title, line, line, signature=str(h.level)))
     return out
 
@@ -130,4 +132,4 @@ def outline_for(text: str, path: str, language: str) -> Outline:
         return python_outline(text, path)
     if language == "markdown":
         return markdown_outline(text, path)
-    return Outline(path, language, text.count("\n") + 1)
+    return Outline(path, language, count_lines(text))

@@ -23,6 +23,7 @@ from ..chunking.code import CodeChunker
 from ..errors import UserError
 from ..graph.component import Component, LLMRef, component
 from ..types import Answer, Chunk, Citation
+from ..io import read_source_text
 from .code import language_of, rel_display
 from .fold import clean
 from .walk import walk_codebase
@@ -56,7 +57,7 @@ class CodeRead(Component):
         llm = None if isinstance(self.llm, str) else self.llm
         chunks: list[Chunk] = []
         for rel in walk.files:
-            text = (walk.root / rel).read_text(encoding="utf-8", errors="replace")
+            text = read_source_text(walk.root / rel)  # exact: BOM dropped, CRLF kept
             shown = rel_display(display, rel)
             lang = "python" if language_of(rel) == "python" else "text"
             chunks.extend(CodeChunker(size=self.size, language=lang, path=shown, llm=llm).split(text, shown))

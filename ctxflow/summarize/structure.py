@@ -18,12 +18,13 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+from ..chunking.base import LineIndex
 from ..chunking.markdown import find_headings
 
 _NUM = r"(?:[IVXLC]+|\d+|[A-Z]|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|[a-z]+teen|twenty[- a-z]*)"
 _PART = re.compile(rf"^(part|book|volume)\s+{_NUM}\b.*$", re.I)
 _CHAPTER = re.compile(rf"^(chapter|appendix)\s+{_NUM}\b.*$|^(prologue|epilogue|preface|introduction|foreword|afterword)\b\W*$", re.I)
-_LINE = re.compile(r"[^\n]*\n|[^\n]+$")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # \n, \r\n or a lone \r ends a line
 
 
 @dataclass
@@ -103,7 +104,7 @@ def detect_headings(text: str) -> tuple[str, list[_Head]]:
 
 def build_tree(text: str, title: str = "") -> tuple[str, Node]:
     """``(method, root)``: the document as a tree of headed sections (see module doc)."""
-    starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
+    starts = LineIndex(text).starts
 
     def line(pos: int) -> int:
         return bisect.bisect_right(starts, pos)

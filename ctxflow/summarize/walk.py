@@ -149,8 +149,10 @@ def walk_codebase(root: str | os.PathLike, max_bytes: int = 200_000, vendored: f
             if folder and not rel.startswith(folder + "/"):
                 continue
             sub = rel[len(folder) + 1:] if folder else rel
-            if spec.match_file(sub + ("/" if is_dir else "")):  # type: ignore[attr-defined]
-                verdict = True
+            # the deepest .gitignore that has a say decides: a nested "!pattern" re-includes, as in git
+            said = spec.check_file(sub + ("/" if is_dir else "")).include  # type: ignore[attr-defined]
+            if said is not None:
+                verdict = said
         return verdict
 
     for dirpath, dirnames, filenames in os.walk(base):

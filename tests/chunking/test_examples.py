@@ -359,3 +359,14 @@ def test_fallback_tokenizer_splits_cjk_per_character():
     assert chunks[0].text == "今日は晴"
     chunks = chunk_text(text, "sentences", size=10)
     assert chunks[0].text == "今日は晴れです。"
+
+
+def test_code_class_line_stays_with_its_oversized_docstring():
+    """A class whose docstring alone is over size: the ``class X:`` line goes with the docstring's
+    first part, not into a chunk of its own."""
+    doc = "\n\n".join(" ".join(f"word{i}{j}" for j in range(40)) for i in range(6))
+    src = f'class Decoder(object):\n    """{doc}\n    """\n\n    def decode(self, s):\n        return s\n'
+    chunks = chunk_text(src, "code", size=128, path="d.py")
+    assert all(src[c.start:c.end] == c.text for c in chunks)
+    first = next(c for c in chunks if "class Decoder" in c.text)
+    assert "word00" in first.text and first.n_tokens <= 128

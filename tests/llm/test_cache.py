@@ -92,3 +92,28 @@ def test_env_disables_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("CTXFLOW_NO_CACHE")
     c = cache_mod.default_cache()
     assert c is not None and c.path.parent == tmp_path
+
+
+def test_damaged_cache_file_is_moved_aside_and_replaced(tmp_path):
+    import pytest
+
+    path = tmp_path / "llm_calls.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        c = LLMCache(path)
+    c.put("k", "m", "generate", {"text": "ok"})
+    assert c.get("k") == {"text": "ok"}
+    kept = list(tmp_path.glob("llm_calls.sqlite.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not a database")  # nothing lost
+
+
+def test_max_context_is_part_of_the_call_key(llm):
+    """A generation cut short by an emulated window is not served to a model with the full window."""
+    from ctxflow.llm.local import LocalLM
+
+    prompt = "Write a long story about a knight. " * 8
+    short = LocalLM(max_context=llm.prompt_tokens(prompt) + 4)
+    cut = short.generate([prompt], max_new_tokens=40)[0]
+    full = LocalLM().generate([prompt], max_new_tokens=40)[0]
+    assert cut.finish_reason == "length" and len(cut.text) < len(full.text)
+    assert not getattr(full, "cached", False)

@@ -80,3 +80,27 @@ def test_hybrid_persists(tmp_path):
     assert [h.item.id for h in again.search("order 12345", 4)] == [h.item.id for h in bank.search("order 12345", 4)]
     with pytest.raises(UserError, match="weights take the keys 'lexical' and 'dense'"):
         HybridBank(emb, weights={"sparse": 1.0})
+
+
+def test_bm25_finds_cjk_text_written_without_spaces():
+    chunks = make_chunks(["東京は日本の首都です。人口は約千四百万人です。", "大阪は関西地方の中心都市です。たこ焼きが有名です。",
+                          "北京是中国的首都。上海是中国最大的城市。", "Tokyo is the capital of Japan."], doc_id="cjk")
+    bank = BM25Bank()
+    bank.add(chunks)
+    assert bank.search("日本の首都はどこですか", 1)[0].item.id == "cjk#0"
+    assert bank.search("たこ焼き", 1)[0].item.id == "cjk#1"
+    assert bank.search("上海", 1)[0].item.id == "cjk#2"
+    assert {h.item.id for h in bank.search("首都", 2)} == {"cjk#0", "cjk#2"}
+    assert bank.search("capital", 1)[0].item.id == "cjk#3"
+    toks = tokenize("東京abc")
+    assert {"東", "京", "東京", "abc"} <= set(toks)
+
+
+def test_store_with_line_separator_characters_reopens(tmp_path):
+    """U+2028/U+2029/U+0085 inside a chunk (web text, JS sources) survive save and reopen."""
+    text = "Copied from a web page:\u2028the door code is 4711.\u2029Next\x85line."
+    bank = BM25Bank()
+    bank.add(make_chunks([text, "other"], doc_id="web"))
+    bank.save(tmp_path / "b")
+    again = open_store(tmp_path / "b")
+    assert len(again) == 2 and again.search("door code", 1)[0].item.text == text

@@ -36,6 +36,22 @@ def test_blocks_exact_small_and_line_aware():
     assert all(text[b.start:b.end] == b.text for b in bb) and len({(b.start, b.end) for b in bb}) == len(bb)
 
 
+def test_blocks_of_chunks_carry_document_line_numbers():
+    """A block's line is counted in the document (from its chunk's line), not inside its chunk."""
+    from ctxflow.chunking import chunk_text
+
+    text = "".join(f"Line {i}: the value of key{i} is {7 * i}.\n" for i in range(1, 61))
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    bb = blocks_of_chunks(chunk_text(text, "sentences", size=48, doc_id="d"), 16)
+    assert len(bb) > 20
+    for b in bb:
+        assert b.meta["line"] == text.count("\n", 0, b.start) + 1 and text[starts[b.meta["line"] - 1]:].startswith(b.text)
+        assert b.meta["end_line"] == text.count("\n", 0, b.end - 1) + 1
+    # chunks without line numbers: the blocks claim none (their own would count inside the chunk)
+    bare = [Chunk(doc_id="d", index=0, start=40, end=400, text=text[40:400])]
+    assert all("line" not in b.meta for b in blocks_of_chunks(bare, 16))
+
+
 def test_zscore_handles_garbage():
     assert zscore([]).size == 0 and list(zscore([1, 1, 1])) == [0, 0, 0]
     z = zscore([1.0, float("nan"), 3.0, float("inf")])

@@ -43,3 +43,11 @@ def test_usable_from_yaml(tmp_path):
     p = ctxflow.load(str(f))
     r = p.run({"a": [s(0, 2.0)], "b": [s(50, 0.1)]})
     assert [c.item.start for c in r["out"]] == [0, 50]
+
+
+def test_limits_follow_the_socket_when_second_is_not_fed():
+    a = [s(0, 9.0), s(100, 8.0), s(200, 7.0)]
+    c = [s(500, 3.0), s(600, 2.0), s(700, 1.0)]
+    out = Merge(limits=[2, 0, 3]).run(first=a, third=c)["selected"]
+    assert [x.item.start for x in out] == [0, 500, 100, 600, 700]  # third keeps its own limit of 3
+    assert {x.meta["source"] for x in out if x.item.start >= 500} == {2}

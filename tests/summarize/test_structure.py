@@ -60,3 +60,17 @@ def test_python_outline_facts():
 def test_markdown_outline_lines():
     o = markdown_outline("intro\n# Title\n\ntext\n## Sub\n", "r.md")
     assert [(s.name, s.line) for s in o.symbols] == [("Title", 2), ("Sub", 5)]
+
+
+def test_line_counts_and_headings_with_every_line_ending():
+    from ctxflow.summarize.outline import outline_for
+
+    for nl in ("\n", "\r\n", "\r"):
+        md = nl.join(["Intro", "=====", "", "Hello there.", "", "## Setup", "", "Run it.", ""])
+        method, root = build_tree(md)
+        assert method == "markdown" and [(c.title, c.line) for c in root.walk()][1:] == [("Intro", 1), ("Setup", 6)], repr(nl)
+        out = markdown_outline(md, "README.md")
+        assert out.lines == 8 and [s.line for s in out.symbols] == [1, 6]
+        assert outline_for(nl.join(["a", "b", "c"]) + nl, "x.sh", "shell").lines == 3  # as wc -l
+        assert outline_for(nl.join(["a", "b", "c"]), "x.sh", "shell").lines == 3  # a last line without a break counts
+    assert python_outline("x = 1\ny = 2\n", "a.py").lines == 2

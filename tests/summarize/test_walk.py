@@ -57,3 +57,33 @@ def test_walk_errors_are_user_errors(tmp_path):
     (tmp_path / "f.py").write_text("x = 1\n")
     with pytest.raises(UserError, match="is a file"):
         walk_codebase(tmp_path / "f.py")
+
+
+def test_nested_gitignore_negation_reincludes_like_git(tmp_path):
+    (tmp_path / ".gitignore").write_text("*.log\n")
+    (tmp_path / "main.py").write_text("x = 1\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / ".gitignore").write_text("!keep.log\n")
+    (sub / "keep.log").write_text("kept\n")
+    (sub / "drop.log").write_text("dropped\n")
+    w = walk_codebase(tmp_path)
+    assert [f.as_posix() if hasattr(f, "as_posix") else f for f in w.files] == ["main.py", "sub/keep.log"]
+    assert ("sub/drop.log", "gitignored") in w.skipped
+
+
+def test_code_read_offsets_are_exact_with_crlf_and_bom(tmp_path):
+    """code.read quotes files as citation offsets count them: CRLF kept, a BOM dropped (and the
+    BOM-prefixed file still parses, so its functions are found)."""
+    from ctxflow.summarize.qa import CodeRead
+
+    src = "def alpha(x):\n    return x + 1\n\n\ndef beta(y):\n    return y * 2\n"
+    (tmp_path / "crlf.py").write_bytes(src.replace("\n", "\r\n").encode())
+    (tmp_path / "bom.py").write_bytes(b"\xef\xbb\xbf" + src.encode())
+    chunks = CodeRead(size=64).run(str(tmp_path))["chunks"]
+    for name in ("crlf.py", "bom.py"):
+        text = (tmp_path / name).read_bytes().decode("utf-8-sig")
+        mine = [c for c in chunks if c.meta["path"].endswith(name)]
+        assert {c.meta.get("name") for c in mine} >= {"alpha", "beta"}, name
+        for c in mine:
+            assert text[c.start:c.end] == c.text, name
