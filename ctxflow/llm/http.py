@@ -18,7 +18,9 @@ llama.cpp's server, Ollama, a hosted API).
   and UTF-8 bytes / 4, which over-counts a little so that prompt budgets stay safe.
 
 ``chat=True`` (the default of ``generate``) sends ``/chat/completions``; ``chat=False`` sends raw
-text to ``/completions``. Failures raise :class:`LLMServerError` saying what happened, where, and
+text to ``/completions``. ``generate_stream`` also takes a plain JSON answer from a server that
+ignores ``stream: true`` (one piece), and an error event in the stream is raised at once, not
+retried. Failures raise :class:`LLMServerError` saying what happened, where, and
 what to check.
 """
 from __future__ import annotations
@@ -178,25 +180,29 @@ class HTTPLLM(LLM):
                     raise LLMServerError(f"{exc}{tries}") from None
                 time.sleep(self.backoff * (2 ** attempt))
 
+    def _read_json(self, resp, url: str) -> dict:
+        try:
+            raw = resp.read()
+        except (socket.timeout, TimeoutError):
+            raise _Retryable(f"no answer from {url} within the timeout of {self.timeout:g} s.") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Retryable(f"the connection to {url} broke: {type(exc).__name__}: {exc}.") from None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise LLMServerError(f"bad response from {url}: not JSON: {raw[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise LLMServerError(f"bad response from {url}: expected a JSON object, got {type(data).__name__}.")
+        return data
+
     def _request(self, method: str, path: str, body: dict | None) -> dict:
         def once() -> dict:
             with self._sem:
                 conn, resp = self._open(method, path, body)
                 try:
-                    raw = resp.read()
-                except (socket.timeout, TimeoutError):
-                    raise _Retryable(f"no answer from {self.url(path)} within the timeout of {self.timeout:g} s.") from None
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Retryable(f"the connection to {self.url(path)} broke: {type(exc).__name__}: {exc}.") from None
+                    return self._read_json(resp, self.url(path))
                 finally:
                     conn.close()
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                raise LLMServerError(f"bad response from {self.url(path)}: not JSON: {raw[:200]!r}") from None
-            if not isinstance(data, dict):
-                raise LLMServerError(f"bad response from {self.url(path)}: expected a JSON object, got {type(data).__name__}.")
-            return data
 
         return self._with_retries(once)
 
@@ -220,20 +226,32 @@ class HTTPLLM(LLM):
     def _reason(r: Any) -> str:
         return "length" if r == "length" else "stop"
 
+    @staticmethod
+    def _usage(usage: Any, url: str) -> tuple[int, int]:
+        """(prompt_tokens, completion_tokens) of a ``usage`` object; missing counts are 0."""
+        if not usage:
+            return 0, 0
+        try:
+            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            raise LLMServerError(f"bad response from {url}: 'usage' does not hold token counts: {json.dumps(usage)[:200]}") from None
+
+    def _generation(self, data: dict, url: str, chat: bool) -> Generation:
+        try:
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if chat else choice["text"]
+            if not isinstance(text, str):
+                text = "" if text is None else str(text)
+            reason = choice.get("finish_reason")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise LLMServerError(f"bad response from {url}: no choices[0] with text: {json.dumps(data)[:300]}") from None
+        n_prompt, n_tokens = self._usage(data.get("usage"), url)
+        return Generation(text, n_prompt_tokens=n_prompt, n_tokens=n_tokens, finish_reason=self._reason(reason), meta={"id": data.get("id")})
+
     # -- black box --------------------------------------------------------------------------
     def _one(self, prompt: Prompt, kw: dict) -> Generation:
         path, body = self._body(prompt, **kw)
-        data = self._request("POST", path, body)
-        try:
-            choice = data["choices"][0]
-            text = choice["message"]["content"] if kw["chat"] else choice["text"]
-            if not isinstance(text, str):
-                text = "" if text is None else str(text)
-        except (KeyError, IndexError, TypeError):
-            raise LLMServerError(f"bad response from {self.url(path)}: no choices[0] with text: {json.dumps(data)[:300]}") from None
-        usage = data.get("usage") or {}
-        return Generation(text, n_prompt_tokens=int(usage.get("prompt_tokens") or 0), n_tokens=int(usage.get("completion_tokens") or 0),
-                          finish_reason=self._reason(choice.get("finish_reason")), meta={"id": data.get("id")})
+        return self._generation(self._request("POST", path, body), self.url(path), kw["chat"])
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 256, stop: Sequence[str] | None = None,
                  temperature: float = 0.0, chat: bool = True, seed: int | None = None) -> list[Generation]:
@@ -260,13 +278,20 @@ class HTTPLLM(LLM):
         body["stream"] = True
         url = self.url(path)
         pieces: list[str] = []
-        state = {"reason": "length", "usage": {}}
+        state: dict[str, Any] = {"reason": "length", "usage": {}}
 
         def once() -> None:
             with self._sem:
                 conn, resp = self._open("POST", path, body)
                 try:
-                    self._read_events(resp, url, chat, pieces, state, on_text)
+                    if (resp.getheader("Content-Type") or "").split(";")[0].strip().lower() == "application/json":
+                        g = self._generation(self._read_json(resp, url), url, chat)  # the server does not stream: one piece
+                        state.update(reason=g.finish_reason, usage={"prompt_tokens": g.n_prompt_tokens, "completion_tokens": g.n_tokens})
+                        if g.text:
+                            pieces.append(g.text)
+                            on_text(g.text)
+                    else:
+                        self._read_events(resp, url, chat, pieces, state, on_text)
                 finally:
                     conn.close()
 
@@ -279,9 +304,8 @@ class HTTPLLM(LLM):
                 raise
 
         self._with_retries(attempt)
-        u = state["usage"]
-        g = Generation("".join(pieces), n_prompt_tokens=int(u.get("prompt_tokens") or 0),
-                       n_tokens=int(u.get("completion_tokens") or 0) or len(pieces), finish_reason=state["reason"])
+        n_prompt, n_tokens = self._usage(state["usage"], url)
+        g = Generation("".join(pieces), n_prompt_tokens=n_prompt, n_tokens=n_tokens or len(pieces), finish_reason=state["reason"])
         emit("llm_call", model=self.model_id, op="generate", n_prompts=1, prompt_tokens=g.n_prompt_tokens, completion_tokens=g.n_tokens, cached=0)
         return g
 
@@ -297,6 +321,13 @@ class HTTPLLM(LLM):
                 raise _Retryable(f"the stream from {url} ended before [DONE] (the server stopped or closed the connection).")
             line = line.strip()
             if not line.startswith(b"data:"):
+                if line.startswith(b"{"):  # an error object written into the stream without "data:": say it, do not retry
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        obj = None
+                    if isinstance(obj, dict) and "error" in obj:
+                        self._stream_error(obj["error"], url)
                 continue  # blank separators, comments, event: lines
             data = line[5:].strip()
             if data == b"[DONE]":
@@ -306,17 +337,23 @@ class HTTPLLM(LLM):
             except ValueError:
                 raise LLMServerError(f"bad event in the stream from {url}: not JSON: {data[:200]!r}") from None
             if isinstance(chunk, dict) and "error" in chunk:
-                err = chunk["error"]
-                raise LLMServerError(f"{url} reported an error mid-stream: {err.get('message', err) if isinstance(err, dict) else err}")
+                self._stream_error(chunk["error"], url)
             try:
                 choice = chunk["choices"][0] if chunk.get("choices") else {}
-            except (TypeError, KeyError, AttributeError):
+                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                reason = choice.get("finish_reason")
+                if text is not None and not isinstance(text, str):
+                    raise TypeError(text)
+            except (TypeError, KeyError, IndexError, AttributeError):
                 raise LLMServerError(f"bad event in the stream from {url}: {data[:200]!r}") from None
             if chunk.get("usage"):
                 state["usage"] = chunk["usage"]
-            text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
             if text:
                 pieces.append(text)
                 on_text(text)
-            if choice.get("finish_reason"):
-                state["reason"] = self._reason(choice["finish_reason"])
+            if reason:
+                state["reason"] = self._reason(reason)
+
+    @staticmethod
+    def _stream_error(err: Any, url: str) -> None:
+        raise LLMServerError(f"{url} reported an error mid-stream: {err.get('message', err) if isinstance(err, dict) else err}")

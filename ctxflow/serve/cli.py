@@ -1,6 +1,6 @@
 """``ctxflow serve``: an OpenAI-compatible server for a local model.
 
-    ctxflow serve [--model default] [--host 127.0.0.1] [--port 8000] [--name NAME]
+    ctxflow serve [--model default] [--host 127.0.0.1] [--port 8000] [--name NAME] [--max-request-mb 4]
 """
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import argparse
 import sys
 
 from ..errors import UserError
+from .server import MAX_BODY
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_REQUEST_MB = MAX_BODY / 2**20
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -23,7 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"serve: {exc}") from None
     llm.warm_up()  # load before listening: the first request is not slowed by the load
     try:
-        httpd = make_server(llm, args.host, args.port, name=args.name or args.model, verbose=args.verbose)
+        httpd = make_server(llm, args.host, args.port, name=args.name or args.model, verbose=args.verbose,
+                            max_body=int(args.max_request_mb * 2**20))
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Pick another --port "
                         "(or --port 0 for any free one).") from None
@@ -52,6 +55,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _megabytes(text: str) -> float:
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = -1.0
+    if not 0 < mb < 1e6:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give a number of megabytes > 0, e.g. 4 or 0.5")
+    return mb
+
+
 def register(sub) -> None:
     s = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
     s.add_argument("--model", "-m", default="default", help="model: 'default' (SmolLM2-135M-Instruct), a HF folder or a .gguf file")
@@ -63,5 +76,8 @@ def register(sub) -> None:
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     s.add_argument("--no-cache", action="store_true", help="do not use the LLM-call cache (every greedy request reaches the model)")
+    s.add_argument("--max-request-mb", type=_megabytes, default=MAX_REQUEST_MB, metavar="MB",
+                   help=f"largest request body taken, in MiB (default: {MAX_REQUEST_MB:g}); bigger ones are answered "
+                        "HTTP 413 without reaching the model")
     s.add_argument("--verbose", "-v", action="store_true", help="log every request on stderr")
     s.set_defaults(fn=cmd_serve)

@@ -11,12 +11,17 @@ chat; ``temperature`` 1.0): clients that want greedy answers send ``temperature:
 true`` answers with server-sent events (``data: {chunk}`` lines, then ``data: [DONE]``), one
 chunk per decoded piece of text, from ``LocalLM.generate_stream``. Errors are OpenAI-shaped:
 ``{"error": {"message", "type", "code"}}`` with status 400 (bad request, prompt too long), 404
-(unknown path or model) or 500. The model answers one request at a time (a lock); requests that
-arrive meanwhile wait. It listens on loopback unless told otherwise: there is no authentication.
+(unknown path or model), 411 (no Content-Length), 413 (a body over ``max_body`` bytes) or 500; an
+error after a stream has begun is one ``data: {"error": {...}}`` event, and the stream ends there
+(no ``[DONE]``). The model answers one request at a time (a lock); requests that arrive meanwhile
+wait. A prompt with more than ``CHARS_PER_TOKEN`` characters per token of the context is refused
+before it waits for the model (no tokenizer needed to tell that it cannot fit). It listens on
+loopback unless told otherwise: there is no authentication.
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -26,6 +31,10 @@ from typing import Any
 
 from ..errors import UserError
 from ..llm.base import LLM
+
+MAX_BODY = 4 * 2**20  # bytes of request body taken by default (``ctxflow serve --max-request-mb``)
+CHARS_PER_TOKEN = 32  # no real prompt averages more characters per token than this
+DRAIN = 256 * 2**20  # a body over the limit is still read and dropped up to this size, so that the client gets the 413
 
 
 class RequestError(Exception):
@@ -42,13 +51,22 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _number(body: dict, name: str, default: Any, lo: float, kind: type = float) -> Any:
+def _number(body: dict, name: str, default: Any, lo: float, kind: type = float, hi: float | None = None) -> Any:
     v = body.get(name, default)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and int(v) != v) or v < lo:
-        raise RequestError(400, f"'{name}' must be a {'whole ' if kind is int else ''}number >= {lo}, got {v!r}.")
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v))
+            or (kind is int and int(v) != v) or v < lo or (hi is not None and v > hi)):
+        valid = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise RequestError(400, f"'{name}' must be a {'whole' if kind is int else 'finite'} number {valid}, got {v!r}.")
     return kind(v)
+
+
+def _flag(body: dict, name: str) -> bool:
+    v = body.get(name)
+    if v is not None and not isinstance(v, bool):
+        raise RequestError(400, f"'{name}' must be true or false (a JSON boolean), got {v!r}.")
+    return bool(v)
 
 
 def _stop(body: dict) -> list[str]:
@@ -82,8 +100,8 @@ def _messages(body: dict) -> list[dict[str, str]]:
 class ModelServer:
     """Serves ``llm`` under the name ``name`` (and its ``model_id``)."""
 
-    def __init__(self, llm: LLM, name: str = "default"):
-        self.llm, self.name = llm, name
+    def __init__(self, llm: LLM, name: str = "default", max_body: int = MAX_BODY):
+        self.llm, self.name, self.max_body = llm, name, max_body
         self.lock = threading.Lock()
         self.created = int(time.time())
 
@@ -104,21 +122,31 @@ class ModelServer:
             raise RequestError(404, f"model {model!r} is not served here; available: {self.name}.", "model_not_found")
         if _number(body, "n", 1, 1, int) != 1:
             raise RequestError(400, "only n=1 is supported.")
-        mt = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens")
+        name = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
         default = self.llm.context_length if chat else 16
-        return {"max_new_tokens": _number({"max_tokens": mt}, "max_tokens", default, 0, int),
+        _flag(body, "stream")
+        return {"max_new_tokens": _number(body, name, default, 0, int),
                 "temperature": _number(body, "temperature", 1.0, 0.0), "stop": _stop(body),
-                "seed": _number(body, "seed", None, -(2**63), int), "chat": chat}
+                "seed": _number(body, "seed", None, -(2**63), int, 2**63 - 1), "chat": chat}
 
     def _prompts(self, body: dict, chat: bool) -> list[Any]:
         if chat:
-            return [_messages(body)]
-        p = body.get("prompt")
-        if isinstance(p, str):
-            return [p]
-        if isinstance(p, list) and p and all(isinstance(x, str) for x in p):
-            return p
-        raise RequestError(400, "'prompt' must be a string or a non-empty list of strings (token-id prompts are not supported).")
+            prompts: list[Any] = [_messages(body)]
+        else:
+            p = body.get("prompt")
+            if isinstance(p, str):
+                prompts = [p]
+            elif isinstance(p, list) and p and all(isinstance(x, str) for x in p):
+                prompts = p
+            else:
+                raise RequestError(400, "'prompt' must be a string or a non-empty list of strings (token-id prompts are not supported).")
+        ctx = self.llm.context_length
+        for i, p in enumerate(prompts):  # cheap: refuse what cannot fit before tokenizing it under the lock
+            n = len(p) if isinstance(p, str) else sum(len(m["content"]) for m in p)
+            if n > CHARS_PER_TOKEN * ctx:
+                raise RequestError(400, f"prompt {i} has {n} characters: far more than the context of {ctx} tokens can hold. "
+                                        "Shorten it, or split the document into chunks that fit.", "context_length_exceeded")
+        return prompts
 
     def complete(self, body: dict, chat: bool) -> dict[str, Any]:
         kw, prompts = self._params(body, chat), self._prompts(body, chat)
@@ -149,19 +177,27 @@ class ModelServer:
                 return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return {**base, "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
 
-        with self.lock:
-            if chat:
+        started = []
+
+        def out(chunk: dict) -> None:  # nothing is sent before the model's first piece: a prompt it
+            if chat and not started:  # refuses (too long, ...) still gets a JSON error status
                 send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            started.append(True)
+            send(chunk)
+
+        with self.lock:
             gen_stream = getattr(self.llm, "generate_stream", None)
             if gen_stream is not None:
-                g = gen_stream(prompts[0], lambda t: send(piece(t, None)), **kw)
+                g = gen_stream(prompts[0], lambda t: out(piece(t, None)), **kw)
             else:  # a model without token streaming: one piece
                 g = self.llm.generate(prompts, **kw)[0]
-                send(piece(g.text, None))
-        send(piece(None, _finish(g.finish_reason)))
+                out(piece(g.text, None))
+        out(piece(None, _finish(g.finish_reason)))
 
 
 def _handler(server: ModelServer, verbose: bool):
+    max_body = server.max_body
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "ctxflow"
 
@@ -179,7 +215,32 @@ def _handler(server: ModelServer, verbose: bool):
 
         def _error(self, status: int, message: str, code: str = "invalid_request_error") -> None:
             kind = "invalid_request_error" if status < 500 else "server_error"
-            self._json(status, {"error": {"message": message, "type": kind, "code": code}})
+            try:
+                self._json(status, {"error": {"message": message, "type": kind, "code": code}})
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client is gone
+
+        def _body(self) -> Any:
+            cl = self.headers.get("Content-Length")
+            if cl is None and self.headers.get("Transfer-Encoding"):
+                raise RequestError(411, "send the request body with a Content-Length header (chunked transfer encoding is not supported).")
+            cl = (cl or "0").strip()
+            if not cl.isdigit():
+                raise RequestError(400, f"the Content-Length header must be a whole number of bytes >= 0, got {cl!r}.")
+            n = int(cl)
+            if n > max_body:
+                left = min(n, DRAIN)  # read (and drop) what the client sends, so that it gets the answer, not a reset connection
+                while left > 0:
+                    got = len(self.rfile.read(min(left, 1 << 16)))
+                    if not got:
+                        break
+                    left -= got
+                raise RequestError(413, f"the request body has {n} bytes; this server takes at most {max_body} "
+                                        "(ctxflow serve --max-request-mb).", "request_too_large")
+            try:
+                return json.loads(self.rfile.read(n) or b"null")
+            except ValueError as exc:
+                raise RequestError(400, f"the request body is not valid JSON: {exc}.") from None
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")
@@ -197,12 +258,8 @@ def _handler(server: ModelServer, verbose: bool):
                 self._error(404, f"unknown path {self.path!r}; POST to /v1/completions or /v1/chat/completions.", "not_found")
                 return
             try:
-                n = int(self.headers.get("Content-Length") or 0)
-                try:
-                    body = json.loads(self.rfile.read(n) or b"null")
-                except ValueError as exc:
-                    raise RequestError(400, f"the request body is not valid JSON: {exc}.") from None
-                if isinstance(body, dict) and body.get("stream"):
+                body = self._body()
+                if isinstance(body, dict) and _flag(body, "stream"):
                     self._stream(body, chat)
                 else:
                     self._json(200, server.complete(body, chat))
@@ -236,20 +293,28 @@ def _handler(server: ModelServer, verbose: bool):
                 server.stream(body, chat, send)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, _ClientGone):
                 raise _ClientGone() from None
-            except (RequestError, UserError) as exc:
+            except Exception as exc:  # noqa: BLE001 - once the stream has begun, an error is its last event
                 if not started:
                     raise
-                err = {"error": {"message": str(getattr(exc, "message", exc)), "type": "invalid_request_error"}}
-                self.wfile.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+                if isinstance(exc, (RequestError, UserError)):
+                    err = {"message": str(getattr(exc, "message", exc)), "type": "invalid_request_error", "code": getattr(exc, "code", "invalid_request_error")}
+                else:
+                    err = {"message": f"{type(exc).__name__}: {exc}", "type": "server_error", "code": "server_error"}
+                try:
+                    self.wfile.write(b"data: " + json.dumps({"error": err}, ensure_ascii=False).encode() + b"\n\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    raise _ClientGone() from None
 
     return Handler
 
 
-def make_server(llm: LLM, host: str = "127.0.0.1", port: int = 8000, name: str = "default", verbose: bool = False) -> ThreadingHTTPServer:
+def make_server(llm: LLM, host: str = "127.0.0.1", port: int = 8000, name: str = "default", verbose: bool = False,
+                max_body: int = MAX_BODY) -> ThreadingHTTPServer:
     """A ready ``ThreadingHTTPServer`` (call ``serve_forever()``); ``port=0`` picks a free port
-    (``httpd.server_address[1]``)."""
-    httpd = ThreadingHTTPServer((host, port), _handler(ModelServer(llm, name), verbose))
+    (``httpd.server_address[1]``). Request bodies over ``max_body`` bytes are answered 413."""
+    httpd = ThreadingHTTPServer((host, port), _handler(ModelServer(llm, name, max_body), verbose))
     httpd.daemon_threads = True
     return httpd
