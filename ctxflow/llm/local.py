@@ -350,8 +350,8 @@ class LocalLM(GreyBox, LLM):
         full). ``n_tokens`` counts generated tokens (stop-string tokens included, EOS not);
         ``logprob`` sums their model log-probs (temperature 1)."""
         self.warm_up()
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not temperature >= 0 or temperature == float("inf"):  # also NaN
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         stops = sorted({s for s in (stop or []) if s})
         if isinstance(stop, str):
             stops = [stop] if stop else []
@@ -527,8 +527,8 @@ class LocalLM(GreyBox, LLM):
         import torch
 
         self.warm_up()
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not temperature >= 0 or temperature == float("inf"):  # also NaN
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         stops = [stop] if isinstance(stop, str) and stop else sorted({s for s in (stop or []) if s})
         texts, ids = self._encode_prompts([prompt], chat)
         self._check_fits(len(ids[0]), 0)

@@ -308,3 +308,11 @@ def test_fake_llm_scripted_cycle_and_limits():
     assert f.spec() == {"type": "fake", "responses": ["alpha beta gamma.", "delta"], "context": 20}
     assert FakeLLM(echo=True).generate([[{"role": "user", "content": "echo me"}]])[0].text == "echo me"
     assert FakeLLM().generate(["x"])[0].text == ""
+
+
+@pytest.mark.parametrize("t", [float("nan"), float("inf"), -0.5])
+def test_temperature_must_be_finite_and_not_negative(llm, t):
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        llm.generate(["hi"], temperature=t, max_new_tokens=2)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        llm.generate_stream("hi", lambda x: None, temperature=t, max_new_tokens=2)
