@@ -182,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+LONG_QUESTION = 2000  # characters (~500 tokens): past this, `ask` says why it will be slow
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from .io import read_document
 
@@ -201,6 +204,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     args.doc, args.question = pos
     if not args.question.strip():
         raise UserError("the question is empty: ask something, e.g. ctxflow ask book.txt \"Who is the narrator?\".")
+    if len(args.question) > LONG_QUESTION and not args.quiet:
+        print(f"note: the question is {len(args.question):,} characters long; every LLM call repeats it beside the "
+              "document's passages, so this will be slow and leave little room for them. Put long material in the "
+              "document and ask a short question.", file=sys.stderr)
     if Path(args.doc).is_dir():  # a codebase folder: pipelines/codebase_qa.yaml (input 'path')
         from .summarize.cli import ask_folder
 

@@ -70,3 +70,11 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
 
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
+
+
+def test_ask_says_why_a_very_long_question_is_slow(tmp_path, capsys):
+    assert main(["ask", str(tmp_path / "missing.txt"), "why? " * 600]) == 2
+    err = capsys.readouterr().err
+    assert "note: the question is 3,000 characters long" in err and "document not found" in err
+    assert main(["ask", str(tmp_path / "missing.txt"), "why? " * 600, "-q"]) == 2
+    assert "note:" not in capsys.readouterr().err
