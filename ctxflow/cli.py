@@ -86,10 +86,10 @@ def _parse_inputs(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _load(path: str):
+def _load(path: str, model: str | None = None):
     from .graph.spec import load
 
-    return load(path)
+    return load(path, local_model=model)
 
 
 def default_pipeline(name: str = "book_qa.yaml") -> Path:
@@ -163,7 +163,7 @@ def _run_pipeline(p: Any, inputs: dict[str, Any], quiet: bool, extra: Sequence[A
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    p = _load(args.pipeline)
+    p = _load(args.pipeline, args.model)
     _apply_executor(p, args)
     inputs = _parse_inputs(args.input)
     res = _run_pipeline(p, inputs, args.quiet)
@@ -182,6 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = ("the local LLM, replacing the model of every 'type: local' model of the pipeline: 'default' "
+              "(SmolLM2-135M-Instruct), a Hugging Face model folder or a .gguf file")
 LONG_QUESTION = 2000  # characters (~500 tokens): past this, `ask` says why it will be slow
 
 
@@ -215,7 +217,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     doc = read_document(args.doc)
     if doc.meta.get("replaced_bytes"):
         print(f"warning: {args.doc}: {doc.meta['replaced_bytes']} invalid UTF-8 byte(s) replaced by U+FFFD", file=sys.stderr)
-    p = _load(args.pipeline or str(default_pipeline()))
+    p = _load(args.pipeline or str(default_pipeline()), args.model)
     _apply_executor(p, args)
     inputs: dict[str, Any] = {"document": doc.text, "question": args.question}
     if "doc_id" in p.inputs:
@@ -281,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.add_argument("--trace", metavar="FILE", help="write the run trace (timings, LLM calls) as JSON")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    r.add_argument("--model", "-m", metavar="MODEL", help=MODEL_HELP)
     r.add_argument("--executor", metavar="TYPE[:K=V,...]", help="run map steps on: local, or ray[:actors=N,address=local|auto|ray://...]")
     r.set_defaults(fn=cmd_run)
 
@@ -299,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--store", "-s", metavar="DIR", help="answer from a persisted store made by `ctxflow index`")
     a.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
+    a.add_argument("--model", "-m", metavar="MODEL", help=MODEL_HELP)
     a.add_argument("--json", action="store_true", help="print {answer, citations: [{start, end, text, ...}], trace} as JSON")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     a.add_argument("--executor", metavar="TYPE[:K=V,...]", help="run map steps on: local, or ray[:actors=N,address=local|auto|ray://...]")

@@ -321,7 +321,8 @@ class Pipeline:
         self.warm_up()
         bus = EventBus(self.subscribers + list(subscribers or []))
         produced: dict[str, dict[str, Any]] = {}
-        trace: dict[str, Any] = {"order": self.order(), "components": {}}
+        trace: dict[str, Any] = {"order": self.order(), "components": {},
+                                 "models": {n: str(getattr(m, "model_id", type(m).__name__)) for n, m in self.models.items()}}
         t_run = time.perf_counter()
         with use_bus(bus), use_executor(self.executor):  # map steps go through the pipeline's executor
             for name in self.order():

@@ -144,11 +144,18 @@ def _describe(v: Any) -> str:
     return f"{v!r} ({type(v).__name__})"
 
 
-def loads(text: str, file: str = "<string>") -> Pipeline:
-    """Build a Pipeline from YAML text. Raises SpecError with file:line:column."""
+def loads(text: str, file: str = "<string>", local_model: str | None = None) -> Pipeline:
+    """Build a Pipeline from YAML text. Raises SpecError with file:line:column. ``local_model``
+    replaces the ``model`` of every ``type: local`` model (``ctxflow ask --model``)."""
     data, marks = _parse(text, file)
     if not isinstance(data, dict):
         raise marks.error(f"the top level must be a mapping with keys version, models, components, connections, inputs, outputs; found {_describe(data)}.")
+    if local_model is not None:
+        locals_ = [m for m in (data.get("models") or {}).values() if isinstance(m, dict) and m.get("type") == "local"]
+        if not locals_:
+            raise SpecError(f"--model {local_model}: {file} declares no local model (type: local) to replace.")
+        for m in locals_:
+            m["model"] = local_model
     if "version" not in data:
         raise marks.error("missing 'version': add 'version: 1' at the top of the file.")
     if data.get("version") != 1:
@@ -285,9 +292,10 @@ def _bundled(path: Path) -> Path | None:
     return cand if cand.exists() else None
 
 
-def load(path: str | os.PathLike) -> Pipeline:
+def load(path: str | os.PathLike, local_model: str | None = None) -> Pipeline:
     """Read a pipeline file, or a bundled recipe by name (``ctxflow.load("book_qa")``, from any folder).
-    A missing or unreadable file is a SpecError, not a traceback."""
+    A missing or unreadable file is a SpecError, not a traceback. ``local_model`` (a model name, a
+    Hugging Face folder or a .gguf file) replaces the ``model`` of every ``type: local`` model."""
     path = Path(path)
     if not path.exists():
         bundled = _bundled(path)
@@ -301,7 +309,7 @@ def load(path: str | os.PathLike) -> Pipeline:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text (byte {exc.start}); a pipeline file is UTF-8 YAML.", str(path)) from None
-    return loads(text, str(path))
+    return loads(text, str(path), local_model)
 
 
 def to_yaml(d: dict[str, Any]) -> str:

@@ -209,7 +209,7 @@ def ask_store(args: argparse.Namespace, llm: Any = None, embedder: Any = None, k
         if llm is None:
             from ..llm.local import LocalLM
 
-            llm = LocalLM()
+            llm = LocalLM(model=getattr(args, "model", None) or "default")
         with use_bus(EventBus([printer] if printer else [])):
             ans = Stuff(llm=llm).run(chunks=hits, question=question)["answer"]
     else:

@@ -36,7 +36,7 @@ def pipeline_inputs(p: Any, target: str) -> dict[str, Any]:
                         f"(its inputs: {', '.join(p.inputs) or '-'}); use pipelines/book_summary.yaml.")
     inputs: dict[str, Any] = {"document": doc.text}
     if "title" in p.inputs:
-        inputs["title"] = path.name
+        inputs["title"] = doc.meta.get("title") or path.name  # an EPUB's / HTML page's own title
     if "doc_id" in p.inputs:
         inputs["doc_id"] = doc.id
     return inputs
@@ -58,7 +58,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; give a file name such as summary.md.")
     name = "codebase_summary.yaml" if target.is_dir() else "book_summary.yaml"
-    p = _load(args.pipeline or str(default_pipeline(name)))
+    p = _load(args.pipeline or str(default_pipeline(name)), getattr(args, "model", None))
     inputs = pipeline_inputs(p, args.path)
     res = _run_pipeline(p, inputs, args.quiet)
     outs = res.outputs
@@ -81,7 +81,7 @@ def ask_folder(args: argparse.Namespace) -> int:
     the answer's citations are printed as ``path:line``."""
     from ..cli import _load, _run_pipeline, default_pipeline, jsonable, print_answer
 
-    p = _load(args.pipeline or str(default_pipeline("codebase_qa.yaml")))
+    p = _load(args.pipeline or str(default_pipeline("codebase_qa.yaml")), getattr(args, "model", None))
     from .. import cli as _cli
 
     if hasattr(_cli, "_apply_executor"):
@@ -110,4 +110,6 @@ def register(sub: Any) -> None:
     s.add_argument("--out", "-o", metavar="FILE", help="write the Markdown here (default: stdout)")
     s.add_argument("--json", action="store_true", help="print the outputs (summary, outline/report, trace) as one JSON object")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    s.add_argument("--model", "-m", metavar="MODEL", help="the local LLM, replacing the model of every 'type: local' model of the "
+                   "pipeline: 'default' (SmolLM2-135M-Instruct), a Hugging Face model folder or a .gguf file")
     s.set_defaults(fn=cmd_summarize)

@@ -119,3 +119,28 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused(tmp_path, tok):
     ).save_pretrained(tmp_path / "notok")
     with pytest.raises(ModelNotFoundError, match="could not load .* as a causal language model with its tokenizer"):
         LocalLM(str(tmp_path / "notok"), cache=False).warm_up()
+
+
+def test_cli_model_option_replaces_the_pipelines_local_model(tmp_path_factory, tok, capsys):
+    """`ctxflow ask DOC Q --model FOLDER` runs the bundled pipeline on that model (the trace names it),
+    and a pipeline without a local model says so."""
+    import json
+    from pathlib import Path
+
+    import ctxflow
+    from ctxflow.cli import main
+
+    path = save_tiny(tmp_path_factory, tok, "llama", max_position_embeddings=2048)
+    doc = Path(__file__).resolve().parents[1] / "data" / "sample.md"
+    assert main(["ask", str(doc), "What is hooch?", "--model", path, "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["trace"]["models"]["llm"] == LocalLM(path).model_id != LocalLM().model_id
+    assert out["trace"]["components"]["pick"]["llm_calls"] > 0
+    source = doc.read_text(encoding="utf-8")
+    assert all(source[c["start"]:c["end"]] == c["text"] for c in out["citations"])
+    assert ctxflow.load("book_qa", local_model=path).models["llm"].model_name == path
+    no_local = tmp_path_factory.mktemp("p") / "p.yaml"
+    no_local.write_text("version: 1\nmodels:\n  llm: {type: http, base_url: 'http://127.0.0.1:9'}\ncomponents:\n"
+                        "  c: {type: chunk.tokens}\ninputs:\n  document: c.text\noutputs:\n  chunks: c.chunks\n")
+    assert main(["run", str(no_local), "-i", "document=hi", "--model", path]) == 2
+    assert "declares no local model" in capsys.readouterr().err
