@@ -235,6 +235,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
         for c in getattr(ans, "citations", None) or []:
             c.meta.update(locate(doc.meta, c.start))
+            for k in ("line", "end_line"):  # lines of the converted text, not of the file: not shown
+                c.meta.pop(k, None)
     if args.json:
         d = jsonable(ans) if hasattr(ans, "model_dump") else {"answer": jsonable(ans)}
         out = {"answer": d.get("text", d.get("answer")), "citations": [

@@ -16,7 +16,10 @@ import bisect
 import io
 import posixpath
 import re
+import struct
 import zipfile
+import zlib
+from urllib.parse import unquote
 from html.parser import HTMLParser
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -27,35 +30,99 @@ FORMATS = ("pdf", "html", "epub", "docx")
 _HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 
 
+_TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text", ".csv", ".tsv", ".log", ".json", ".yaml", ".yml")
+MAX_UNZIPPED = 512 * 2**20  # bytes a zip member may unpack to (a "zip bomb" is refused before it is read)
+
+
 def sniff(data: bytes, name: str) -> str:
-    """The format of ``data``: ``pdf``, ``epub``, ``docx``, ``html`` or ``text`` (by content first,
-    then by the file name's suffix for HTML)."""
-    head = data[:1024].lstrip()
-    if data[:5] == b"%PDF-":
+    """The format of ``data``: ``pdf``, ``epub``, ``docx``, ``html``, ``zip`` (another archive) or
+    ``text`` (by content first; HTML by the file name's suffix, or by its opening tag in a file
+    without a text suffix)."""
+    if b"%PDF-" in data[:1024]:  # the header may follow some junk bytes
         return "pdf"
     if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 names = set(z.namelist())
-                if "mimetype" in names and z.read("mimetype").strip() == b"application/epub+zip":
-                    return "epub"
+                if "mimetype" in names:
+                    with z.open("mimetype") as f:
+                        if f.read(64).strip() == b"application/epub+zip":
+                            return "epub"
                 if "word/document.xml" in names:
                     return "docx"
-        except zipfile.BadZipFile:
+                if "META-INF/container.xml" in names:
+                    return "epub"
+        except (zipfile.BadZipFile, OSError, RuntimeError):
             pass
         return "zip"
-    low = head[:256].lower()
-    if name.lower().endswith(_HTML_SUFFIXES) or low.startswith((b"<!doctype html", b"<html")):
+    low = name.lower()
+    if low.endswith(_HTML_SUFFIXES):
+        return "html"
+    if low.endswith(_TEXT_SUFFIXES):
+        return "text"
+    head = _bom_stripped(data[:1024]).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
         return "html"
     return "text"
+
+
+def _bom_stripped(head: bytes) -> bytes:
+    for bom in (b"\xef\xbb\xbf",):
+        if head.startswith(bom):
+            return head[len(bom):]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return head.decode("utf-16", errors="ignore").encode("utf-8")
+        except UnicodeError:
+            return head
+    return head
+
+
+_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)|<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9_.:-]+)""", re.I)
+
+
+def decode_markup(data: bytes) -> tuple[str, int]:
+    """HTML/XHTML bytes as text: a byte-order mark first, then the encoding the page declares
+    (``<meta charset>``, ``http-equiv``, an XML declaration), then UTF-8; ``(text, replaced bytes)``."""
+    import codecs
+
+    if data.startswith(b"\xef\xbb\xbf"):
+        enc = "utf-8-sig"
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        enc = "utf-16"
+    else:
+        m = _CHARSET.search(data[:4096])
+        enc = (m.group(1) or m.group(2)).decode("ascii") if m else "utf-8"
+        try:
+            enc = codecs.lookup(enc).name
+        except LookupError:
+            enc = "utf-8"
+        if enc in ("utf-16-le", "utf-16-be", "utf-16"):  # declared but without a BOM: trust the bytes
+            enc = "utf-8"
+    try:
+        return data.decode(enc).lstrip("\ufeff"), 0
+    except UnicodeDecodeError:
+        text = data.decode(enc, errors="replace")
+        return text.lstrip("\ufeff"), text.count("\ufffd") - data.decode(enc, errors="ignore").count("\ufffd")
+
+
+def _read_member(z: zipfile.ZipFile, member: str, name: str) -> bytes:
+    info = z.getinfo(member)
+    if info.file_size > MAX_UNZIPPED:
+        raise DocumentError(f"{name}: {member} unpacks to {info.file_size / 2**20:.0f} MB, more than the "
+                            f"{MAX_UNZIPPED // 2**20} MB a document part may hold; refused (a damaged file or a zip bomb).")
+    return z.read(member)
 
 
 def convert(data: bytes, name: str, fmt: str) -> tuple[str, dict[str, Any]]:
     if fmt == "pdf":
         return pdf_text(data, name)
     if fmt == "html":
-        text = data.decode("utf-8", errors="replace")
-        return html_text(text)
+        text, replaced = decode_markup(data)
+        body, meta = html_text(text)
+        if replaced:
+            meta["replaced_bytes"] = replaced
+        return body, meta
     if fmt == "epub":
         return epub_text(data, name)
     if fmt == "docx":
@@ -95,15 +162,29 @@ def pdf_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
     import logging
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about odd-but-readable files are noise here
+    from pypdf.errors import DependencyError, PyPdfError
+
+    unreadable: list[int] = []
     try:
         reader = pypdf.PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise DocumentError(f"{name} is an encrypted PDF; decrypt it first (e.g. qpdf --decrypt).")
-        pages = [_pdf_page(p) for p in reader.pages]
+        pages = []
+        for i, page in enumerate(reader.pages):
+            try:
+                pages.append(_pdf_page(page))
+            except DependencyError:
+                raise
+            except _PDF_ERRORS:  # one damaged page: the others are still read
+                unreadable.append(i + 1)
+                pages.append("")
     except DocumentError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
-        raise DocumentError(f"{name} is not a readable PDF ({exc}).") from None
+    except DependencyError as exc:
+        raise DocumentError(f"{name} is an AES-encrypted PDF, which pypdf opens only with the 'cryptography' package "
+                            f"(pip install cryptography), or decrypt it first (e.g. qpdf --decrypt) ({exc}).") from None
+    except (PdfReadError, PyPdfError, *_PDF_ERRORS) as exc:
+        raise DocumentError(f"{name} is not a readable PDF ({type(exc).__name__}: {exc}).") from None
     text, starts = "", []
     for p in pages:
         if text:
@@ -113,7 +194,14 @@ def pdf_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
     if not text.strip():
         raise DocumentError(f"{name} is a PDF with no text layer ({len(pages)} page(s) of images?); "
                             "run OCR on it first (e.g. ocrmypdf) and give the result.")
-    return text, {"format": "pdf", "pages": starts, "n_pages": len(pages)}
+    meta: dict[str, Any] = {"format": "pdf", "pages": starts, "n_pages": len(pages)}
+    if unreadable:
+        meta["unreadable_pages"] = unreadable
+    return text, meta
+
+
+_PDF_ERRORS = (ValueError, KeyError, TypeError, AttributeError, IndexError, NotImplementedError, RecursionError,
+               AssertionError, ZeroDivisionError, OverflowError, zlib.error, struct.error)
 
 
 def _pdf_page(page: Any) -> str:
@@ -126,7 +214,7 @@ def _pdf_page(page: Any) -> str:
 _BLOCK = {"p", "div", "section", "article", "header", "footer", "main", "nav", "aside", "blockquote", "pre", "table",
           "tr", "ul", "ol", "dl", "dt", "dd", "figure", "figcaption", "form", "hr", "address", "details", "summary",
           "body", "center", "caption", "fieldset", "legend", "tbody", "thead", "tfoot"}
-_SKIP = {"script", "style", "head", "template", "noscript", "svg", "math", "iframe", "object", "button", "select"}
+_SKIP = {"script", "style", "template", "noscript", "svg", "math", "iframe"}  # <head> is not: a page may never close it
 _VOID = {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
 
 
@@ -157,8 +245,9 @@ class _HTMLText(HTMLParser):
             self.out.append("")
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
+        if tag == "title" and not self.skip:  # the page's title (not an SVG's): meta, never body text
             self.in_title = True
+            return
         if tag in _SKIP:
             if tag not in _VOID:
                 self.skip += 1
@@ -187,8 +276,9 @@ class _HTMLText(HTMLParser):
                 self.cell = False
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
+        if tag == "title" and self.in_title:
             self.in_title = False
+            return
         if tag in _SKIP:
             self.skip = max(0, self.skip - 1)
             return
@@ -214,6 +304,7 @@ class _HTMLText(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.in_title:
             self.title.append(data)
+            return
         if self.skip:
             return
         if self.pre:
@@ -245,6 +336,8 @@ def html_text(html: str) -> tuple[str, dict[str, Any]]:
     title = re.sub(r"\s+", " ", "".join(p.title)).strip()
     if title:
         meta["title"] = title
+    if p.headings:
+        meta["first_heading"] = p.headings[0][1]
     return p.text(), meta
 
 
@@ -253,49 +346,81 @@ _NS = {"c": "urn:oasis:names:tc:opendocument:xmlns:container", "opf": "http://ww
        "dc": "http://purl.org/dc/elements/1.1/"}
 
 
+#: EPUB "encryption" that is only font obfuscation (the text is readable); anything else is DRM
+_FONT_OBFUSCATION = ("http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC")
+
+
 def epub_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
     """The spine's documents in reading order, each converted as HTML; ``meta["sections"]`` holds
-    each one's start offset and title."""
+    each one's start offset and title (its first heading, else its ``<title>``, else its file name).
+    Spine items the package lists but does not hold are named in ``meta["missing"]``."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            root = ET.fromstring(z.read("META-INF/container.xml"))
+            names = set(z.namelist())
+            root = ET.fromstring(_read_member(z, "META-INF/container.xml", name))
             rf = root.find(".//c:rootfile", _NS)
             if rf is None or not rf.get("full-path"):
                 raise DocumentError(f"{name}: EPUB without a package file (META-INF/container.xml names none).")
             opf_path = rf.get("full-path")
-            opf = ET.fromstring(z.read(opf_path))
+            opf = ET.fromstring(_read_member(z, opf_path, name))
             base = posixpath.dirname(opf_path)
+            locked = _drm_locked(z, name) if "META-INF/encryption.xml" in names else set()
             items = {i.get("id"): i.get("href") for i in opf.iterfind(".//opf:manifest/opf:item", _NS)}
             spine = [r.get("idref") for r in opf.iterfind(".//opf:spine/opf:itemref", _NS)
                      if r.get("linear", "yes") != "no"]
             title_el = opf.find(".//dc:title", _NS)
-            parts, sections = [], []
+            sections, missing, replaced = [], [], 0
             text = ""
             for idref in spine:
                 href = items.get(idref)
                 if not href:
+                    missing.append(str(idref))
                     continue
-                path = posixpath.normpath(posixpath.join(base, href.split("#")[0]))
-                try:
-                    raw = z.read(path)
-                except KeyError:
+                path = posixpath.normpath(posixpath.join(base, unquote(href.split("#")[0])))
+                if path in locked:
+                    raise DocumentError(f"{name} is a DRM-protected EPUB ({path} is encrypted); ctxflow reads only "
+                                        "EPUBs without DRM.")
+                if path not in names:
+                    missing.append(path)
                     continue
-                body, meta = html_text(raw.decode("utf-8", errors="replace"))
+                markup, bad = decode_markup(_read_member(z, path, name))
+                replaced += bad
+                body, meta = html_text(markup)
                 if not body.strip():
                     continue
                 if text:
                     text += "\n\n"
-                sections.append({"start": len(text), "title": meta.get("title") or posixpath.basename(path)})
+                title = meta.get("first_heading") or meta.get("title") or posixpath.basename(path)
+                sections.append({"start": len(text), "title": title})
                 text += body
-                parts.append(path)
-    except (KeyError, ET.ParseError, zipfile.BadZipFile) as exc:
-        raise DocumentError(f"{name} is not a readable EPUB ({exc}).") from None
+    except DocumentError:
+        raise
+    except (KeyError, ET.ParseError, zipfile.BadZipFile, OSError, RuntimeError, EOFError, zlib.error) as exc:
+        raise DocumentError(f"{name} is not a readable EPUB ({type(exc).__name__}: {exc}).") from None
     if not text.strip():
-        raise DocumentError(f"{name} is an EPUB with no text in its reading order (spine).")
+        raise DocumentError(f"{name} is an EPUB with no text in its reading order (spine)"
+                            + (f"; it lists parts it does not hold: {', '.join(missing[:5])}." if missing else "."))
     meta = {"format": "epub", "sections": sections}
+    if missing:
+        meta["missing"] = missing
+    if replaced:
+        meta["replaced_bytes"] = replaced
     if title_el is not None and (title_el.text or "").strip():
         meta["title"] = title_el.text.strip()
     return text, meta
+
+
+def _drm_locked(z: zipfile.ZipFile, name: str) -> set[str]:
+    """Members that META-INF/encryption.xml says are encrypted with something other than font obfuscation."""
+    enc = ET.fromstring(_read_member(z, "META-INF/encryption.xml", name))
+    out = set()
+    for ed in enc.iter("{http://www.w3.org/2001/04/xmlenc#}EncryptedData"):
+        method = ed.find("{http://www.w3.org/2001/04/xmlenc#}EncryptionMethod")
+        algo = method.get("Algorithm", "") if method is not None else ""
+        ref = ed.find(".//{http://www.w3.org/2001/04/xmlenc#}CipherReference")
+        if ref is not None and ref.get("URI") and algo not in _FONT_OBFUSCATION:
+            out.add(posixpath.normpath(unquote(ref.get("URI"))))
+    return out
 
 
 # -- DOCX ---------------------------------------------------------------------------------------
@@ -303,24 +428,23 @@ _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 
 
 def docx_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
-    """Paragraphs in body order (tables row by row, cells separated by `` | ``); paragraphs styled
-    ``Heading N`` or ``Title`` become Markdown headings, list paragraphs ``- `` items."""
+    """Paragraphs in body order, also inside content controls (``w:sdt``) and custom XML; tables row
+    by row (cells separated by `` | ``, a table inside a cell flattened into it); text boxes as
+    their own lines after their paragraph. Paragraphs styled ``Heading N`` or ``Title`` become
+    Markdown headings, list paragraphs ``- `` items. Deleted and moved-away text is left out."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            root = ET.fromstring(z.read("word/document.xml"))
-    except (KeyError, ET.ParseError, zipfile.BadZipFile) as exc:
-        raise DocumentError(f"{name} is not a readable DOCX ({exc}).") from None
+            root = ET.fromstring(_read_member(z, "word/document.xml", name))
+    except DocumentError:
+        raise
+    except (KeyError, ET.ParseError, zipfile.BadZipFile, OSError, RuntimeError, EOFError, zlib.error) as exc:
+        raise DocumentError(f"{name} is not a readable DOCX ({type(exc).__name__}: {exc}).") from None
     body = root.find(f"{_W}body")
+    if body is None:
+        raise DocumentError(f"{name} is a DOCX without a WordprocessingML body (a Strict OOXML file? save it as a "
+                            "standard .docx).")
     lines: list[str] = []
-    for el in (body if body is not None else []):
-        if el.tag == f"{_W}p":
-            _docx_para(el, lines)
-        elif el.tag == f"{_W}tbl":
-            for tr in el.iter(f"{_W}tr"):
-                cells = [" ".join(_docx_runs(p) for p in tc.iter(f"{_W}p")).strip() for tc in tr.iter(f"{_W}tc")]
-                if any(cells):
-                    lines.append(" | ".join(cells))
-            lines.append("")
+    _docx_blocks(body, lines)
     text = "\n".join(lines).strip("\n")
     text = re.sub(r"\n{3,}", "\n\n", text)
     if not text.strip():
@@ -328,29 +452,77 @@ def docx_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
     return text, {"format": "docx"}
 
 
-def _docx_runs(p: Any) -> str:
-    out = []
-    for node in p.iter():
-        if node.tag == f"{_W}t":
-            out.append(node.text or "")
-        elif node.tag == f"{_W}tab":
-            out.append("\t")
-        elif node.tag in (f"{_W}br", f"{_W}cr"):
-            out.append("\n")
-    return "".join(out)
+_MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+_CONTAINERS = {f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml", f"{_W}smartTag", f"{_W}ins", f"{_W}moveTo"}
+_GONE = {f"{_W}del", f"{_W}moveFrom", _MC_FALLBACK, f"{_W}sdtPr", f"{_W}sdtEndPr"}
+
+
+def _docx_blocks(parent: Any, lines: list[str]) -> None:
+    for el in parent:
+        if el.tag == f"{_W}p":
+            _docx_para(el, lines)
+        elif el.tag == f"{_W}tbl":
+            for tr in el.findall(f"{_W}tr"):
+                cells = [_docx_cell(tc) for tc in tr.findall(f"{_W}tc")]
+                if any(cells):
+                    lines.append(" | ".join(cells))
+            lines.append("")
+        elif el.tag in _CONTAINERS:
+            _docx_blocks(el, lines)
+
+
+def _docx_cell(tc: Any) -> str:
+    parts: list[str] = []
+    for el in tc:
+        if el.tag == f"{_W}p":
+            parts.append(_docx_runs(el)[0])
+        elif el.tag == f"{_W}tbl":  # a table in a cell: its cells in order, flattened into this one
+            parts.extend(_docx_cell(c) for tr in el.findall(f"{_W}tr") for c in tr.findall(f"{_W}tc"))
+        elif el.tag in _CONTAINERS:
+            parts.append(_docx_cell(el))
+    return " ".join(p.strip() for p in parts if p.strip())
+
+
+def _docx_runs(p: Any) -> tuple[str, list[Any]]:
+    """A paragraph's text, and the text-box paragraphs found inside it (emitted after it)."""
+    out: list[str] = []
+    boxes: list[Any] = []
+
+    def walk(node: Any) -> None:
+        for ch in node:
+            tag = ch.tag
+            if tag in _GONE:
+                continue
+            if tag == f"{_W}txbxContent":
+                boxes.extend(x for x in ch.iter(f"{_W}p"))
+                continue
+            if tag == f"{_W}t":
+                out.append(ch.text or "")
+            elif tag == f"{_W}tab":
+                out.append("\t")
+            elif tag in (f"{_W}br", f"{_W}cr"):
+                out.append("\n")
+            elif tag == f"{_W}noBreakHyphen":
+                out.append("-")
+            walk(ch)
+
+    walk(p)
+    return "".join(out), boxes
 
 
 def _docx_para(p: Any, lines: list[str]) -> None:
-    text = _docx_runs(p).strip()
-    if not text:
-        return
-    style = p.find(f"{_W}pPr/{_W}pStyle")
-    val = (style.get(f"{_W}val") or "") if style is not None else ""
-    m = re.fullmatch(r"(?i)heading\s*(\d)", val)
-    if m or val.lower() == "title":
-        level = int(m.group(1)) if m else 1
-        lines += [f"{'#' * min(6, level)} {' '.join(text.split())}", ""]
-    elif p.find(f"{_W}pPr/{_W}numPr") is not None or val.lower().startswith("list"):
-        lines.append(f"- {text}")
-    else:
-        lines += [text, ""]
+    raw, boxes = _docx_runs(p)
+    text = raw.strip()
+    if text:
+        style = p.find(f"{_W}pPr/{_W}pStyle")
+        val = (style.get(f"{_W}val") or "") if style is not None else ""
+        m = re.fullmatch(r"(?i)heading\s*(\d)", val)
+        if m or val.lower() == "title":
+            level = int(m.group(1)) if m else 1
+            lines += [f"{'#' * min(6, level)} {' '.join(text.split())}", ""]
+        elif p.find(f"{_W}pPr/{_W}numPr") is not None or val.lower().startswith("list"):
+            lines.append(f"- {text}")
+        else:
+            lines += [text, ""]
+    for box in boxes:  # text boxes: their own paragraphs, after the one that anchors them
+        _docx_para(box, lines)

@@ -33,7 +33,12 @@ def document_from_bytes(data: bytes, name: str) -> Document:
 
     fmt = sniff(data, name)
     if fmt != "text":
-        text, meta = convert(data, name, fmt)
+        try:
+            text, meta = convert(data, name, fmt)
+        except (DocumentError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a file the converter's library chokes on: this file's error, not the run's
+            raise DocumentError(f"{name}: could not read this {fmt.upper()} file ({type(exc).__name__}: {exc}).") from None
         if not text.strip():
             raise DocumentError(f"{name} holds no text after conversion from {fmt.upper()}.")
         return Document(id=name, text=text, meta={"path": name, **meta})

@@ -180,8 +180,12 @@ def _verify(citations: list[Any], err: Any) -> None:
             if path:
                 print(f"warning: {path} (cited) can no longer be read; the quote comes from the store.", file=err)
             continue
-        c.meta["line"] = LineIndex(text).line(c.start)  # \n, \r\n or a lone \r each end a line
-        c.meta.update(locate(doc.meta, c.start))  # a PDF's page, an EPUB's section
+        if doc.meta.get("format"):  # a converted PDF/HTML/EPUB/DOCX: its page or section, no line of the file
+            c.meta.pop("line", None)
+            c.meta.pop("end_line", None)
+            c.meta.update(locate(doc.meta, c.start))
+        else:
+            c.meta["line"] = LineIndex(text).line(c.start)  # \n, \r\n or a lone \r each end a line
         c.meta["verified"] = text[c.start:c.end] == c.text
         if not c.meta["verified"]:
             print(f"warning: {path} changed since it was indexed: [{c.start}:{c.end}] no longer quotes the cited text; "

@@ -74,7 +74,7 @@ def test_html_structure():
     <h2>Data</h2><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr></table>
     <pre>code  line1\n   indented</pre><p>End.</p></body></html>"""
     text, meta = html_text(html)
-    assert meta == {"format": "html", "title": "The Manual"}
+    assert meta == {"format": "html", "title": "The Manual", "first_heading": "Intro"}
     assert text == ("# Intro\n\nThis is a bold claim.\nNew line & more.\n\n- one\n- two three\n\n## Data\n\n"
                     "a | b\n1 | 2\n\ncode  line1\n   indented\n\nEnd.")
     # by suffix or by doctype; an .html file's headings become the book summarizer's chapters
@@ -96,9 +96,9 @@ def test_epub_reading_order_and_sections(tmp_path):
     doc = read_document(book)
     assert doc.meta["format"] == "epub" and doc.meta["title"] == "A Test Book"
     assert doc.text == "# Two\n\nA second hack.\n\n# One\n\nThe first kluge."  # spine order; empty chapter dropped
-    assert [s["title"] for s in doc.meta["sections"]] == ["Chapter Two", "Chapter One"]
-    assert locate(doc.meta, doc.text.index("kluge"))["section"] == "Chapter One"
-    assert locate(doc.meta, 0)["section"] == "Chapter Two"
+    assert [s["title"] for s in doc.meta["sections"]] == ["Two", "One"]  # each part's first heading
+    assert locate(doc.meta, doc.text.index("kluge"))["section"] == "One"
+    assert locate(doc.meta, 0)["section"] == "Two"
 
 
 def test_docx_paragraphs_headings_lists_tables(tmp_path):
@@ -166,3 +166,119 @@ def test_index_a_folder_of_pdf_and_html_then_ask_the_store(jargon_pdf, tmp_path,
         if c["path"].endswith(".pdf"):
             assert c["page"] == page_of(doc.meta, c["start"])
     assert any(c["path"].endswith(".pdf") for c in out["citations"])
+
+
+# -- found by review: each of these lost, duplicated or garbled text, or crashed ------------------
+def test_html_without_closing_head_keeps_its_text_and_svg_titles_stay_out():
+    doc = document_from_bytes(b"<html><head><title>T</title><body><p>Para one.</p><p>Para two.</p></body></html>", "a.html")
+    assert doc.text == "Para one.\n\nPara two." and doc.meta["title"] == "T"
+    text, meta = html_text("<title>Real</title><p><svg><title>icon</title></svg>Body</p>")
+    assert text == "Body" and meta["title"] == "Real"
+
+
+@pytest.mark.parametrize("data,want", [
+    ("<meta charset=iso-8859-1><p>Crème brûlée</p>".encode("latin-1"), "Crème brûlée"),
+    ('<meta http-equiv="Content-Type" content="text/html; charset=windows-1252"><p>“quoted”</p>'.encode("cp1252"), "“quoted”"),
+    ("<html><p>Crème</p></html>".encode("utf-16"), "Crème"),  # with its byte-order mark
+    (b"\xef\xbb\xbf<p>Cr\xc3\xa8me</p>", "Crème"),
+])
+def test_html_reads_its_declared_or_bom_encoding(data, want):
+    doc = document_from_bytes(data, "page.html")
+    assert doc.text == want and "replaced_bytes" not in doc.meta
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # found as HTML by its opening tag too, without a suffix
+        assert document_from_bytes(data, "page").text == want
+
+
+def test_text_files_are_never_reflowed_as_html_and_junk_before_pdf_header_is_allowed(jargon_pdf):
+    assert document_from_bytes(b"<!doctype html>\n<p>kept as written</p>\n", "notes.md").text.startswith("<!doctype")
+    assert document_from_bytes(b"\x00\x00junk\n" + jargon_pdf.read_bytes(), "x.pdf").meta["format"] == "pdf"
+
+
+def test_docx_content_controls_nested_tables_text_boxes_and_tracked_changes(tmp_path):
+    W = "w"
+    sdt = f"<{W}:sdt><{W}:sdtPr/><{W}:sdtContent>{docx_para('Inside a content control.')}</{W}:sdtContent></{W}:sdt>"
+    inner = docx_table([["x", "y"]])
+    nested = (f"<{W}:tbl><{W}:tr><{W}:tc>{docx_para('A1')}</{W}:tc><{W}:tc>{docx_para('A2')}{inner}</{W}:tc></{W}:tr></{W}:tbl>")
+    mc = 'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006"'
+    box = (f"<{W}:p><{W}:r><{W}:t xml:space=\"preserve\">Before </{W}:t></{W}:r><{W}:r><mc:AlternateContent {mc}><mc:Choice>"
+           f"<{W}:txbxContent>{docx_para('Box text')}</{W}:txbxContent></mc:Choice><mc:Fallback><{W}:txbxContent>"
+           f"{docx_para('Box text')}</{W}:txbxContent></mc:Fallback></mc:AlternateContent></{W}:r>"
+           f"<{W}:r><{W}:t>after.</{W}:t></{W}:r></{W}:p>")
+    changes = (f"<{W}:p><{W}:r><{W}:t>Kept </{W}:t></{W}:r><{W}:del><{W}:r><{W}:delText>gone </{W}:delText></{W}:r></{W}:del>"
+               f"<{W}:ins><{W}:r><{W}:t>new</{W}:t></{W}:r></{W}:ins><{W}:r><{W}:t xml:space=\"preserve\"> e</{W}:t>"
+               f"<{W}:noBreakHyphen/><{W}:t>mail</{W}:t></{W}:r></{W}:p>")
+    doc = read_document(make_docx([docx_para("Intro."), sdt, nested, box, changes, docx_para("Outro.")], tmp_path / "d.docx"))
+    assert doc.text == ("Intro.\n\nInside a content control.\n\nA1 | A2 x y\n\nBefore after.\n\nBox text\n\n"
+                        "Kept new e-mail\n\nOutro.")
+
+
+def test_epub_encoded_hrefs_missing_parts_drm_and_section_names(tmp_path):
+    import zipfile
+
+    book = make_epub([("My Book", "<h1>Chapter 1</h1><p>First.</p>"), ("My Book", "<h1>Chapter 2</h1><p>Second.</p>")],
+                     tmp_path / "b.epub")
+    doc = read_document(book)
+    assert [s["title"] for s in doc.meta["sections"]] == ["Chapter 1", "Chapter 2"]  # first heading, not <title>
+    # a manifest href with %20, and a spine part the package does not hold
+    spaced, drm = tmp_path / "spaced.epub", tmp_path / "drm.epub"
+    with zipfile.ZipFile(book) as src, zipfile.ZipFile(spaced, "w") as out, zipfile.ZipFile(drm, "w") as locked:
+        for info in src.infolist():
+            data = src.read(info)
+            name = info.filename
+            if name == "OEBPS/content.opf":
+                data = data.replace(b'href="text/ch0.xhtml"', b'href="text/Chapter%201.xhtml"').replace(
+                    b"</manifest>", b'<item id="gone" href="text/gone.xhtml" media-type="application/xhtml+xml"/></manifest>'
+                ).replace(b"</spine>", b'<itemref idref="gone"/></spine>')
+            out.writestr("OEBPS/text/Chapter 1.xhtml" if name == "OEBPS/text/ch0.xhtml" else name, data)
+            locked.writestr(name, src.read(info) if not name.endswith("ch1.xhtml") else b"\x93\x11\xfe binary")
+        locked.writestr("META-INF/encryption.xml",
+                        '<encryption xmlns="urn:oasis:names:tc:opendocument:xmlns:container" '
+                        'xmlns:enc="http://www.w3.org/2001/04/xmlenc#"><enc:EncryptedData><enc:EncryptionMethod '
+                        'Algorithm="http://www.w3.org/2001/04/xmlenc#aes128-cbc"/><enc:CipherData><enc:CipherReference '
+                        'URI="OEBPS/text/ch1.xhtml"/></enc:CipherData></enc:EncryptedData></encryption>')
+    got = read_document(spaced)
+    assert got.text == doc.text and got.meta["missing"] == ["OEBPS/text/gone.xhtml"]
+    with pytest.raises(DocumentError, match="DRM-protected EPUB"):
+        read_document(drm)
+
+
+def test_damaged_pdfs_and_oversized_zip_parts_are_clear_errors(tmp_path, jargon_pdf, monkeypatch):
+    data = jargon_pdf.read_bytes()
+    odd = data.replace(b"/FlateDecode", b"/NoSuchDecode", 1)  # an unsupported stream filter
+    f = tmp_path / "odd.pdf"
+    f.write_bytes(odd)
+    try:
+        doc = read_document(f)  # pages that cannot be decoded are listed, the others read
+        assert doc.meta.get("unreadable_pages") or doc.text.strip()
+    except DocumentError as exc:
+        assert "not a readable PDF" in str(exc)
+    import ctxflow.formats as formats
+
+    monkeypatch.setattr(formats, "MAX_UNZIPPED", 10_000)
+    with pytest.raises(DocumentError, match="zip bomb"):
+        read_document(make_docx([docx_para("x" * 20_000)], tmp_path / "big.docx"))
+
+
+def test_citations_of_converted_files_name_their_page_not_a_line_of_the_file(tmp_path, jargon_pdf, capsys):
+    """A line of the converted text is no line of the HTML/PDF file, so verified store citations of
+    converted files carry no line (a PDF's carry its page), and the CLI prints ``file (page N)``."""
+    import io
+    import sys
+
+    from ctxflow.cli import print_answer
+    from ctxflow.memory.cli import _verify
+    from ctxflow.types import Answer, Citation
+
+    page = tmp_path / "page.html"
+    page.write_text("<html>\n<body>\n\n\n<p>To reset the zorblax, hold the button.</p></body></html>", encoding="utf-8")
+    html = read_document(page)
+    pdf = read_document(jargon_pdf)
+    i, j = html.text.index("To reset"), pdf.text.index(":heisenbug:")
+    cits = [Citation(doc_id=str(page), start=i, end=i + 8, text="To reset", meta={"path": str(page), "line": 1}),
+            Citation(doc_id=str(jargon_pdf), start=j, end=j + 11, text=":heisenbug:", meta={"path": str(jargon_pdf), "line": 9})]
+    _verify(cits, io.StringIO())
+    assert cits[0].meta == {"path": str(page), "verified": True}
+    assert cits[1].meta == {"path": str(jargon_pdf), "verified": True, "page": page_of(pdf.meta, j)}
+    print_answer(Answer(text="a", citations=cits), sys.stdout)
+    out = capsys.readouterr().out
+    assert f"{jargon_pdf} (page {page_of(pdf.meta, j)}) [{j}:{j + 11}]" in out and f"{page} [{i}:{i + 8}]" in out
