@@ -180,13 +180,19 @@ class HTTPLLM(LLM):
                     raise LLMServerError(f"{exc}{tries}") from None
                 time.sleep(self.backoff * (2 ** attempt))
 
-    def _read_json(self, resp, url: str) -> dict:
+    @staticmethod
+    def _io(read, timed_out: str, broke: str) -> bytes:
+        """``read()``, with a timeout or a broken connection turned into a retryable error."""
         try:
-            raw = resp.read()
+            return read()
         except (socket.timeout, TimeoutError):
-            raise _Retryable(f"no answer from {url} within the timeout of {self.timeout:g} s.") from None
+            raise _Retryable(timed_out) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise _Retryable(f"the connection to {url} broke: {type(exc).__name__}: {exc}.") from None
+            raise _Retryable(f"{broke}: {type(exc).__name__}: {exc}.") from None
+
+    def _read_json(self, resp, url: str) -> dict:
+        raw = self._io(resp.read, f"no answer from {url} within the timeout of {self.timeout:g} s.",
+                       f"the connection to {url} broke")
         try:
             data = json.loads(raw)
         except ValueError:
@@ -311,12 +317,8 @@ class HTTPLLM(LLM):
 
     def _read_events(self, resp, url: str, chat: bool, pieces: list[str], state: dict, on_text) -> None:
         while True:
-            try:
-                line = resp.readline()
-            except (socket.timeout, TimeoutError):
-                raise _Retryable(f"the stream from {url} sent nothing for {self.timeout:g} s (timeout).") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Retryable(f"the stream from {url} broke: {type(exc).__name__}: {exc}.") from None
+            line = self._io(resp.readline, f"the stream from {url} sent nothing for {self.timeout:g} s (timeout).",
+                            f"the stream from {url} broke")
             if not line:
                 raise _Retryable(f"the stream from {url} ended before [DONE] (the server stopped or closed the connection).")
             line = line.strip()
