@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
+from ..chunking.base import _CJK
 from ..errors import ContextOverflowError, UserError
 from ..llm.base import LLM
 from ..types import Chunk, Citation, Scored
 
 ChunkList = Union[list[Chunk], list[Scored[Chunk]]]
 _W = re.compile(r"\w+", re.UNICODE)
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+_CJK_SPLIT = re.compile(f"([{_CJK}]+)")
 _MARK = re.compile(r"[.!?\u3002\uff01\uff1f]")
 _LINE = re.compile(r"[^\n]+")
 
@@ -26,14 +29,32 @@ def unwrap(items: Sequence[Chunk | Scored[Chunk]]) -> list[tuple[Chunk, float | 
     return out
 
 
-def in_order(chunks: Sequence[Chunk | Scored[Chunk]], max_chunks: int | None, order: str) -> tuple[list[Chunk], dict[str, float | None]]:
-    """The first ``max_chunks`` chunks (all when None) and their incoming scores by chunk id;
+class SpanScores:
+    """Incoming scores looked up by a chunk's span (document and offsets), not its id: after
+    ``select.merge`` a bank's chunks and MemRecall's blocks can share ids (``#0``) while being
+    different text. A piece of a chunk (cut to fit a window) gets the score of the chunk it lies in."""
+
+    def __init__(self, items: Sequence[tuple[Chunk, float | None]]):
+        self.items = [(c.doc_id, c.start, c.end, s) for c, s in items]
+
+    def get(self, c: Chunk, default: float | None = None) -> float | None:
+        for d, a, b, s in self.items:
+            if d == c.doc_id and a == c.start and b == c.end:
+                return s
+        for d, a, b, s in self.items:
+            if d == c.doc_id and a <= c.start < b:
+                return s
+        return default
+
+
+def in_order(chunks: Sequence[Chunk | Scored[Chunk]], max_chunks: int | None, order: str) -> tuple[list[Chunk], SpanScores]:
+    """The first ``max_chunks`` chunks (all when None) and their incoming scores;
     ``order="document"`` re-sorts them by position in the source, "score" keeps them as given."""
     items = unwrap(chunks)[: max_chunks or None]
     used = [c for c, _ in items]
     if order == "document":
         used = sorted(used, key=lambda c: (c.doc_id, c.start))
-    return used, {c.id: s for c, s in items}
+    return used, SpanScores(items)
 
 
 def check_question(question: str) -> str:
@@ -43,8 +64,10 @@ def check_question(question: str) -> str:
 
 
 def budget_for(llm: LLM, template_tokens: int, max_new_tokens: int, reserve: float = 0.0) -> int:
-    """Tokens left for context in one call: the model's window minus prompt and answer."""
-    left = llm.context_length - template_tokens - max_new_tokens - int(reserve * llm.context_length)
+    """Tokens left for context in one call: the model's window minus prompt and answer, and one token
+    of margin (``template_tokens`` is counted with an empty slot; text in the slot can change how the
+    template's own characters around it are tokenized)."""
+    left = llm.context_length - template_tokens - max_new_tokens - int(reserve * llm.context_length) - 1
     if left <= 0:
         raise ContextOverflowError(
             f"the prompt alone takes {template_tokens} tokens plus {max_new_tokens} for the answer, more than the model's "
@@ -91,16 +114,34 @@ def pack(llm: LLM, chunks: list[Chunk], budget: int, sep: str = "\n\n") -> list[
     return out
 
 
+def chunk_tokens(llm: Any, c: Chunk) -> int:
+    # counted with this model's tokenizer: a chunk's own n_tokens may come from another one (a chunker
+    # given no llm counts words)
+    return llm.count_tokens(c.text)
+
+
+def split_to_fit(llm: Any, chunk: Chunk, budget: int) -> list[Chunk]:
+    """``chunk`` cut into consecutive pieces of at most ``budget`` tokens (exact offsets)."""
+    if chunk_tokens(llm, chunk) <= budget:
+        return [chunk]
+    out, text, start = [], chunk.text, chunk.start
+    while text.strip():
+        piece = llm.truncate(text, budget) or text[:1]
+        out.append(chunk.model_copy(update={"start": start, "end": start + len(piece), "text": piece,
+                                            "n_tokens": llm.count_tokens(piece)}))
+        start, text = start + len(piece), text[len(piece):]
+    return out
+
+
 def best_span(chunk: Chunk, answer: str, question: str = "") -> Citation:
     """Narrow a chunk to the sentence that best supports ``answer`` (exact source offsets).
 
     Scores each sentence by the answer's words it contains (question words count a little);
     falls back to the whole chunk when nothing matches."""
-    aw = {w.lower() for w in _W.findall(answer) if len(w) > 1}
-    qw = {w.lower() for w in _W.findall(question) if len(w) > 3}
+    aw, qw = terms(answer, 2), terms(question, 4)
     best, best_s = None, 0.0
     for a, b in citation_units(chunk.text):
-        words = {w.lower() for w in _W.findall(chunk.text[a:b])}
+        words = terms(chunk.text[a:b])
         score = len(aw & words) + 0.3 * len(qw & words)
         if score > best_s:
             best, best_s = (a, b), score
@@ -113,6 +154,23 @@ def best_span(chunk: Chunk, answer: str, question: str = "") -> Citation:
         meta["line"] = chunk.meta["line"] + _newlines(chunk.text[:a])
         meta["end_line"] = meta["line"] + _newlines(chunk.text[a:max(a, b - 1)])
     return cit.model_copy(update={"start": chunk.start + a, "end": chunk.start + b, "text": chunk.text[a:b], "meta": meta})
+
+
+def terms(text: str, min_len: int = 1) -> set[str]:
+    """Lower-cased words of ``text`` (at least ``min_len`` characters) for overlap scores; Chinese,
+    Japanese and Korean runs, written without spaces, give their character pairs instead."""
+    out: set[str] = set()
+    for w in _W.findall(text.lower()):
+        if not _CJK_RUN.search(w):
+            if len(w) >= min_len:
+                out.add(w)
+            continue
+        for part in _CJK_SPLIT.split(w):
+            if _CJK_RUN.fullmatch(part):
+                out.update([part] if len(part) == 1 else (part[i:i + 2] for i in range(len(part) - 1)))
+            elif len(part) >= min_len:
+                out.add(part)
+    return out
 
 
 def citation_units(text: str) -> list[tuple[int, int]]:
@@ -141,8 +199,8 @@ def _newlines(text: str) -> int:
 
 def support(chunk: Chunk, answer: str) -> float:
     """Share of the answer's words found in the chunk (0..1)."""
-    aw = {w.lower() for w in _W.findall(answer) if len(w) > 1}
+    aw = terms(answer, 2)
     if not aw:
         return 0.0
-    words = {w.lower() for w in _W.findall(chunk.text)}
+    words = terms(chunk.text)
     return len(aw & words) / len(aw)

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from ..errors import ContextOverflowError, UserError
 from ..graph.params import check_template
 from ..types import Chunk
+from .base import chunk_tokens, split_to_fit
 
 SLOT = "\u2063ctxflow-context\u2063"  # stands for the context while the template is rendered
 SEP = "\n\n"
@@ -24,10 +25,18 @@ def with_prefix(prompt: str, answer_prefix: str = "") -> Any:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer_prefix}]
 
 
+def check_one_slot(prompt: str) -> None:
+    """PCW and NBCE put the windows where ``{context}`` is: it must be there exactly once."""
+    n = prompt.count("{context}")
+    if n != 1:
+        raise UserError(f"prompt: '{{context}}' must appear exactly once (the windows go there); it appears {n} times.")
+
+
 def template_parts(llm: Any, prompt: str, question: str, chat: bool = True, answer_prefix: str = "") -> tuple[str, str]:
     """The rendered prompt's text before and after the ``{context}`` slot (the reply started
     with ``answer_prefix``, which then ends the part after the slot)."""
     check_template("prompt", prompt, ("context", "question"))
+    check_one_slot(prompt)
     text = llm.render(with_prefix(prompt.format(context=SLOT, question=question), answer_prefix), chat)
     head, tail = text.split(SLOT)
     return head, tail
@@ -44,36 +53,18 @@ def token_ids(llm: Any, text: str, add_special_tokens: bool = False) -> list[int
 
 
 # -- packing chunks into windows ---------------------------------------------------------
-def _n(llm: Any, c: Chunk) -> int:
-    # counted with this model's tokenizer: a chunk's own n_tokens may come from another one (a chunker
-    # given no llm counts words)
-    return llm.count_tokens(c.text)
-
-
-def split_to_fit(llm: Any, chunk: Chunk, budget: int) -> list[Chunk]:
-    """``chunk`` cut into consecutive pieces of at most ``budget`` tokens (exact offsets)."""
-    if _n(llm, chunk) <= budget:
-        return [chunk]
-    out, text, start = [], chunk.text, chunk.start
-    while text.strip():
-        piece = llm.truncate(text, budget) or text[:1]
-        out.append(chunk.model_copy(update={"start": start, "end": start + len(piece), "text": piece,
-                                            "n_tokens": llm.count_tokens(piece)}))
-        start, text = start + len(piece), text[len(piece):]
-    return out
-
-
 def make_windows(llm: Any, chunks: list[Chunk], budget: int, n_windows: int | None = None) -> tuple[list[list[Chunk]], int]:
     """Consecutive groups of chunks, each at most ``budget`` tokens (joined by blank lines).
 
     ``n_windows=None``: fill each window to the budget (as many windows as needed).
-    ``n_windows=k``: split into ``k`` groups of about equal tokens; a group over the budget
-    keeps its first chunks that fit. Returns ``(windows, chunks_dropped)``."""
+    ``n_windows=k``: split into ``k`` groups of about equal tokens, in order; a chunk that does not
+    fit its group moves on to the next one with room, and is dropped only when none has. Returns
+    ``(windows, chunks_dropped)``."""
     if budget < 1:
         raise ContextOverflowError(f"no room for context in a window (budget {budget} tokens); lower max_new_tokens or shorten the prompt.")
     sep = max(1, llm.count_tokens(SEP))
     pieces = [p for c in chunks for p in split_to_fit(llm, c, budget)]
-    sizes = [_n(llm, p) for p in pieces]
+    sizes = [chunk_tokens(llm, p) for p in pieces]
     if n_windows is None:
         groups: list[list[Chunk]] = []
         used = 0
@@ -87,23 +78,25 @@ def make_windows(llm: Any, chunks: list[Chunk], budget: int, n_windows: int | No
         return groups, 0
     if n_windows < 1:
         raise UserError(f"n_windows must be >= 1, got {n_windows}.")
+    # k windows of about equal tokens, in document order: a piece goes to the window its middle falls
+    # in (never an earlier one than the piece before it); one that does not fit there moves on to the
+    # next window with room, so no piece is dropped while a window could still hold it
+    k = min(n_windows, max(1, len(pieces)))
     total, cum = sum(sizes) or 1, 0
-    groups = [[] for _ in range(min(n_windows, max(1, len(pieces))))]
+    groups: list[list[Chunk]] = [[] for _ in range(k)]
+    used = [-sep] * k
+    w, dropped = 0, 0
     for p, n in zip(pieces, sizes):
-        groups[min(len(groups) - 1, cum * len(groups) // total)].append(p)
+        w = max(w, min(k - 1, int((cum + n / 2) * k / total)))
         cum += n
-    kept, dropped = [], 0
-    for g in groups:
-        used, keep = -sep, []
-        for p in g:
-            if used + sep + _n(llm, p) > budget:
-                break
-            keep.append(p)
-            used += sep + _n(llm, p)
-        dropped += len(g) - len(keep)
-        if keep:
-            kept.append(keep)
-    return kept, dropped
+        while w < k and used[w] + sep + n > budget:
+            w += 1
+        if w == k:  # no later window has room: dropped (counted in the trace)
+            dropped, w = dropped + 1, k - 1
+            continue
+        groups[w].append(p)
+        used[w] += sep + n
+    return [g for g in groups if g], dropped
 
 
 def window_text(window: list[Chunk]) -> str:

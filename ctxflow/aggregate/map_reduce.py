@@ -26,7 +26,7 @@ from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import NonNegativeInt, PositiveInt, UnitFloat, check_template
 from ..types import Answer, Chunk
-from .base import ChunkList, best_span, budget_for, check_question, support, unwrap
+from .base import ChunkList, best_span, budget_for, check_question, split_to_fit, support, unwrap
 
 MAP_PROMPT = (
     "Read the passage and write down only the facts from it that help answer the question, "
@@ -65,9 +65,10 @@ SUMMARY_QUESTION = "the main topics and points of the document"
 PROMPTS = {"qa": (MAP_PROMPT, COLLAPSE_PROMPT, COMBINE_PROMPT),
            "summary": (SUMMARY_MAP_PROMPT, SUMMARY_COLLAPSE_PROMPT, SUMMARY_COMBINE_PROMPT)}
 SEP = "\n\n"
-_NOTHING = re.compile(
-    r"^\W*(none|n/?a|nothing|no relevant|no information|not (mentioned|relevant|provided|stated|specified)|"
-    r"the passage (does not|doesn't)|(this|the) passage (does not|doesn't) (help|contain|mention))",
+_NOTHING = re.compile(  # a bare sentinel ("NONE.", "N/A") is the whole reply; a sentence saying so starts it
+    r"^\W*(?:(?:none|n/?a|nothing(?: relevant| useful)?)\W*$"
+    r"|(?:no relevant|no information|not (?:mentioned|relevant|provided|stated|specified)|"
+    r"(?:the |this )?passage (?:does not|doesn't) (?:help|contain|mention|say|provide))\b)",
     re.I,
 )
 
@@ -177,7 +178,11 @@ class MapReduce(Component):
         # 1. map: one batch over all chunks (or slices of ``map_batch``, each reported)
         progress(0, total_levels, "map")
         map_budget = self._budget(self.map_prompt, question, self.map_tokens)
-        prompts = [self.map_prompt.format(context=self._fit(c.text, map_budget), question=question) for c in chunk_list]
+        # a chunk longer than the map budget is mapped piece by piece (never cut: its end may hold the answer)
+        n_given = len(chunk_list)
+        split = [(p, s) for c, s in zip(chunk_list, scores) for p in split_to_fit(llm, c, map_budget)]
+        chunk_list, scores = [p for p, _ in split], [s for _, s in split]
+        prompts = [self.map_prompt.format(context=c.text, question=question) for c in chunk_list]
         step = self.map_batch or max(1, len(prompts))
         outs = []
         for a in range(0, len(prompts), step):
@@ -234,7 +239,7 @@ class MapReduce(Component):
         used = sorted(set().union(*(n.sources for n in notes))) if notes else []
         ranked = sorted(used, key=lambda i: -support(chunk_list[i], text))
         citations = [best_span(chunk_list[i], text, question).model_copy(update={"score": scores[i]}) for i in ranked]
-        trace = {"strategy": "map_reduce", "mode": self.mode, "levels": level, "history": history, "chunks_given": len(chunk_list),
+        trace = {"strategy": "map_reduce", "mode": self.mode, "levels": level, "history": history, "chunks_given": n_given, "pieces_mapped": len(chunk_list),
                  "chunks_relevant": mapped, "budgets": {"map": map_budget, "collapse": coll_budget, "combine": final_budget},
                  **stats, "tokens": stats["prompt_tokens"] + stats["completion_tokens"]}
         return {"answer": Answer(text=text, citations=citations, trace=trace)}

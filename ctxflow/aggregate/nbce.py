@@ -29,8 +29,8 @@ from ..events import emit, progress
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import FiniteFloat, NonNegativeFloat, PositiveInt, UnitFloat, check_template
 from ..types import Answer, Chunk
-from .base import ChunkList, check_question, in_order, support
-from .grey import additive, cache_layers, make_windows, model_dtype, stop_text, window_text
+from .base import ChunkList, best_span, check_question, in_order, support
+from .grey import additive, cache_layers, check_one_slot, make_windows, model_dtype, stop_text, window_text
 from .pcw import cite
 from .stuff import PROMPT
 
@@ -164,6 +164,7 @@ class NBCE(Component):
                  top_p: UnitFloat = 0.95, prompt: str = PROMPT, order: str = "score", stop: list[str] | None = None,
                  chat: bool = True, max_chunks: PositiveInt | None = None):
         check_template("prompt", prompt, ("context", "question"))
+        check_one_slot(prompt)
         if pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
         if order not in ("score", "document"):
@@ -207,7 +208,7 @@ class NBCE(Component):
         citations = cite(picked, text, question, scores)
         if not citations and picked:  # nothing shares words with the answer: the most chosen context's best chunk
             best = max(contexts[votes.most_common(1)[0][0]], key=lambda c: support(c, text))
-            citations = cite([best], text or best.text, question, scores)[:1]
+            citations = [best_span(best, text, question).model_copy(update={"score": scores.get(best)})]
         trace = {"strategy": "nbce", "contexts": len(rows) - 1, "context_tokens": [len(r) for r in rows[1:]], "budget": budget,
                  "beta": self.beta, "pooling": self.pooling, "chosen": out["chosen"], "votes": dict(votes),
                  "chunks_given": len(used), "chunks_dropped": dropped, "finish_reason": out["finish_reason"], "calls": 1,

@@ -41,8 +41,8 @@ from ..events import emit, progress
 from ..graph.component import Component, LLMRef, OptionalEmbedderRef, component
 from ..graph.params import NonNegativeFloat, PositiveInt, check_template
 from ..types import Answer, Chunk
-from .base import ChunkList, best_span, check_question, in_order, support
-from .grey import additive, cache_layers, make_windows, model_dtype, specials, stop_text, template_parts, token_ids, window_text
+from .base import ChunkList, SpanScores, best_span, check_question, in_order, support
+from .grey import additive, cache_layers, check_one_slot, make_windows, model_dtype, specials, stop_text, template_parts, token_ids, window_text
 from .stuff import PROMPT
 
 #: the default prompt with ``question_in_windows``: the question sits in every window before its
@@ -168,14 +168,14 @@ def pcw_generate(llm: Any, windows: list[list[int]], task: list[int], max_new_to
             "logprob": lp_sum, "info": info}
 
 
-def cite(chunks: list[Chunk], text: str, question: str, scores: dict, limit: int = 5) -> list:
+def cite(chunks: list[Chunk], text: str, question: str, scores: SpanScores, limit: int = 5) -> list:
     """The chunks that share words with the answer, best first, narrowed to their best sentence."""
     ranked = sorted((c for c in chunks if support(c, text) > 0), key=lambda c: -support(c, text))[:limit]
-    return [best_span(c, text, question).model_copy(update={"score": scores.get(c.id)}) for c in ranked]
+    return [best_span(c, text, question).model_copy(update={"score": scores.get(c)}) for c in ranked]
 
 
 def rank_windows(llm: Any, windows: list[list[Chunk]], question: str, keep: int, rank: str = "relevance",
-                 embedder: Any = None, scores: dict | None = None) -> tuple[list[list[Chunk]], list[float]]:
+                 embedder: Any = None, scores: SpanScores | None = None) -> tuple[list[list[Chunk]], list[float]]:
     """The ``keep`` best windows, in their original order, and every window's score.
 
     ``rank="embedding"``: the best cosine between the question and the window's chunks
@@ -201,8 +201,8 @@ def rank_windows(llm: Any, windows: list[list[Chunk]], question: str, keep: int,
             out.append(float(max(sims[k:k + len(w)], default=float("-inf"))))
             k += len(w)
     elif rank == "score":
-        sc = scores or {}
-        out = [max((float(sc[c.id]) for c in w if sc.get(c.id) is not None), default=float("-inf")) for w in windows]
+        got = [[scores.get(c) if scores is not None else None for c in w] for w in windows]
+        out = [max((float(x) for x in g if x is not None), default=float("-inf")) for g in got]
     else:
         from ..select.scoring import JUDGE_PROMPT, relevance_logodds
 
@@ -243,6 +243,7 @@ class PCW(Component):
                  keep_windows: PositiveInt | None = None, rank: str = "embedding", embedder: OptionalEmbedderRef = None):
         prompt = prompt if prompt is not None else PROMPT_Q if question_in_windows else PROMPT
         check_template("prompt", prompt, ("context", "question"))
+        check_one_slot(prompt)
         if dedupe not in ("prefix", "bos", "none"):
             raise UserError(f"dedupe must be 'prefix', 'bos' or 'none', got {dedupe!r}.")
         if order not in ("score", "document"):

@@ -19,7 +19,7 @@ from ..events import progress
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import PositiveInt, UnitFloat, check_template
 from ..types import Answer, Chunk
-from .base import ChunkList, best_span, budget_for, check_question, pack, support, unwrap
+from .base import ChunkList, SpanScores, best_span, budget_for, check_question, pack, support, unwrap
 
 QA_PROMPT = (
     "Answer the question using only the context below. Answer briefly.\n\n"
@@ -33,7 +33,8 @@ REFINE_PROMPT = (
     "If this context helps, write a better answer to the question. "
     "If it does not help, repeat the existing answer exactly."
 )
-_KEEP = re.compile(r"^\W*(the (new )?context (does not|doesn't) help|(it|this) does not help|no change)", re.I)
+_KEEP = re.compile(  # "the context does not help ..." starts a reply; a bare "No change." is the whole reply
+    r"^\W*(?:(?:the (?:new )?context (?:does not|doesn't) help|(?:it|this) does not help)\b|no changes?\W*$)", re.I)
 _WS = re.compile(r"\s+")
 
 
@@ -81,7 +82,7 @@ class Refine(Component):
         question = check_question(question)
         llm = self.llm
         items = unwrap(chunks)[: self.max_chunks or None]
-        scores = {c.id: s for c, s in items}
+        scores = SpanScores(items)
         steps = self._steps([c for c, _ in items], question) if items else [[]]
         answer, changed_by, unchanged, history = "", [], 0, []
         stats = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -113,7 +114,7 @@ class Refine(Component):
         for i in reversed(changed_by):
             ranked = sorted(steps[i], key=lambda c: -support(c, answer))
             cited.extend([c for c in ranked if support(c, answer) > 0] or ranked[:1])
-        citations = [best_span(c, answer, question).model_copy(update={"score": scores.get(c.id)}) for c in cited]
+        citations = [best_span(c, answer, question).model_copy(update={"score": scores.get(c)}) for c in cited]
         trace = {"strategy": "refine", "steps": len(history), "steps_planned": len(steps), "changes": len(changed_by),
                  "stopped_early": stopped_early, "history": history, "chunks_given": len(items), **stats,
                  "tokens": stats["prompt_tokens"] + stats["completion_tokens"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import PositiveInt, check_template
 from ..types import Answer
-from .base import ChunkList, best_span, budget_for, check_question, echo_stops, pack, support, unwrap
+from .base import ChunkList, SpanScores, best_span, budget_for, check_question, echo_stops, pack, support, unwrap
 
 PROMPT = (
     "Answer the question using only the context below. Answer briefly.\n\n"
@@ -31,7 +31,7 @@ class Stuff(Component):
         question = check_question(question)
         llm = self.llm
         items = unwrap(chunks)[: self.max_chunks or None]
-        scores = {c.id: s for c, s in items}
+        scores = SpanScores(items)
         base = llm.prompt_tokens(self.prompt.format(context="", question=question))  # type: ignore[union-attr]
         budget = budget_for(llm, base, self.max_new_tokens)  # type: ignore[arg-type]
         used = pack(llm, [c for c, _ in items], budget)  # type: ignore[arg-type]
@@ -44,7 +44,7 @@ class Stuff(Component):
                               stop=echo_stops(self.prompt))
         text = gen.text.strip()
         ranked = sorted(used, key=lambda c: -support(c, text))
-        citations = [best_span(c, text, question).model_copy(update={"score": scores.get(c.id)}) for c in ranked]
+        citations = [best_span(c, text, question).model_copy(update={"score": scores.get(c)}) for c in ranked]
         return {"answer": Answer(text=text, citations=citations, score=None,
                                  trace={"strategy": "stuff", "chunks_used": len(used), "chunks_given": len(items),
                                         "context_tokens": sum(c.n_tokens or 0 for c in used)})}

@@ -26,7 +26,7 @@ import re
 import numpy as np
 
 from ..aggregate.base import ChunkList, best_span, check_question, echo_stops, unwrap
-from ..errors import UserError
+from ..errors import ContextOverflowError, UserError
 from ..events import progress
 from ..graph.component import Component, LLMRef, component
 from ..graph.params import NonNegativeFloat, PositiveInt, check_template
@@ -84,7 +84,12 @@ class MapRerank(Component):
         llm = self.llm
         fixed = llm.prompt_tokens(template.format(context="", question=question))
         room = llm.context_length - self.max_new_tokens - fixed - 8
-        return llm.truncate(text, max(16, room))
+        if room < 16:
+            raise ContextOverflowError(
+                f"select.map_rerank: the prompt with this question takes {fixed} tokens and the answer {self.max_new_tokens}, "
+                f"leaving {max(room, 0)} of the model's {llm.context_length} for a passage; shorten the question or lower "
+                "max_new_tokens.")
+        return llm.truncate(text, room)
 
     def run(self, candidates: ChunkList, question: str) -> dict:
         question = check_question(question)

@@ -20,3 +20,51 @@ def test_echo_stops_come_from_the_templates_own_labels():
     assert echo_stops("Use {context} to answer {question}") == []
     assert echo_stops("Context: {context}\nQuestion: {question}\nReply as:\nAnswer: <text>\nSources: <lines>") == [
         "\nContext:", "\nQuestion:"]  # labels of the expected output are not stops
+
+
+def test_citations_and_support_work_for_text_without_spaces():
+    from ctxflow.aggregate.base import support, terms
+    from ctxflow.aggregate.pcw import cite
+    from ctxflow.aggregate.base import SpanScores
+
+    text = "東京は日本の首都です。秘密のコードは4417です。大阪は関西の中心です。"
+    chunk = chunk_text(text, "sentences", doc_id="d", size=200)[0]
+    assert {"首都", "コー", "4417"} <= terms(text)
+    cit = best_span(chunk, "コードは4417です。")
+    assert cit.text == "秘密のコードは4417です。" and text[cit.start:cit.end] == cit.text
+    assert support(chunk, "秘密のコード") > 0.9
+    assert [c.text for c in cite([chunk], "秘密のコード", "コードは？", SpanScores([(chunk, 1.0)]))] == ["秘密のコードは4417です。"]
+
+
+def test_scores_are_found_by_span_not_by_id():
+    """After select.merge a bank chunk and a MemRecall block can both be '#0': each keeps its own score,
+    and a piece cut from a chunk gets that chunk's score."""
+    from ctxflow.aggregate.base import SpanScores
+    from ctxflow.types import Chunk
+
+    a = Chunk(doc_id="", index=0, start=0, end=40, text="x" * 40)
+    b = Chunk(doc_id="", index=0, start=100, end=120, text="y" * 20)
+    scores = SpanScores([(a, 1.0), (b, 0.5)])
+    assert a.id == b.id and scores.get(a) == 1.0 and scores.get(b) == 0.5
+    piece = a.model_copy(update={"start": 20, "end": 40, "text": "x" * 20})
+    assert scores.get(piece) == 1.0 and scores.get(Chunk(doc_id="other", start=0, end=5, text="z" * 5)) is None
+
+
+def test_refine_keeps_a_better_answer_that_starts_with_no_change():
+    from ctxflow.aggregate.refine import _KEEP
+
+    assert not _KEEP.match("No changes to the API; v2 only removed the legacy CLI.")
+    assert _KEEP.match("No change.") and _KEEP.match("The context does not help, so the answer stays.")
+
+
+def test_map_rerank_says_the_question_leaves_no_room():
+    import pytest
+
+    from ctxflow.errors import ContextOverflowError
+    from ctxflow.select.map_rerank import MapRerank
+
+    from .fakes import ScriptedLLM, make_chunks
+
+    llm = ScriptedLLM(lambda p, n: "x", context=100)
+    with pytest.raises(ContextOverflowError, match="shorten the question"):
+        MapRerank(llm=llm, method="parse", max_new_tokens=8).run(candidates=make_chunks(["a b c"]), question="why " * 90)

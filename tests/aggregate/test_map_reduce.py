@@ -87,7 +87,7 @@ def test_converges_with_shrinking_model_one_batch_per_level():
     assert "4242" in ans.text
     t = ans.trace
     assert t["levels"] >= 1 and t["batches"] == 1 + t["levels"] + 1
-    assert llm.batches[0] == len(chunks)  # the map is one batch with every chunk
+    assert llm.batches[0] == t["pieces_mapped"] >= len(chunks)  # the map is one batch with every chunk (or its pieces)
     assert t["calls"] == sum(llm.batches)
     assert t["tokens"] == t["prompt_tokens"] + t["completion_tokens"] > 0
     assert all(llm.prompt_tokens(p) <= llm.context_length for p in llm.prompts)
@@ -138,3 +138,23 @@ def test_budgets_follow_the_models_context_and_summary_mode_keeps_everything():
         traces[ctx] = t
     assert traces[400]["budgets"]["combine"] - traces[120]["budgets"]["combine"] == 280
     assert traces[400]["calls"] < traces[120]["calls"]
+
+
+def test_real_facts_that_start_like_none_are_kept():
+    for fact in ("Napoleon was born in 1769.", "NASA launched Apollo 11 in 1969.", "Nonetheless, the code is 4417.",
+                 "None of the 3 keys work; the code is 4417.", "Nothing happened until 1815.", "N/A is printed when it fails."):
+        assert not says_nothing(fact), fact
+    for empty in ("N/A", "n/a.", "Nothing.", "Nothing relevant.", "Not mentioned in the passage.",
+                  "The passage does not mention the code."):
+        assert says_nothing(empty), empty
+
+
+def test_a_chunk_longer_than_the_map_budget_is_mapped_piece_by_piece():
+    """The end of an over-long chunk is read too (was cut, so its answer was never seen)."""
+    text = _filler(0, 150) + " The secret number is 4417 ."
+    chunks = make_chunks([text])
+    llm = ScriptedLLM(lambda p, n: "The secret number is 4417." if "4417" in p.split("Question")[0] else "NONE", context=120)
+    ans = MapReduce(llm=llm, map_tokens=16, max_new_tokens=16).run(chunks=chunks, question=Q)["answer"]
+    assert ans.trace["pieces_mapped"] > 1 and ans.trace["chunks_given"] == 1 and ans.trace["chunks_relevant"] == 1
+    assert any("4417" in p for p in llm.prompts[:ans.trace["pieces_mapped"]])
+    assert ans.citations and "4417" in ans.citations[0].text and text[ans.citations[0].start:ans.citations[0].end] == ans.citations[0].text

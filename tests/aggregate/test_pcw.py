@@ -9,6 +9,7 @@ import torch
 
 from ctxflow.aggregate.nbce import NBCE
 from ctxflow.aggregate.grey import make_windows, specials, template_parts, token_ids, with_prefix
+from ctxflow.aggregate.base import SpanScores
 from ctxflow.aggregate.pcw import PCW, PROMPT_Q, pcw_generate, pcw_prefill, rank_windows, window_bias
 from ctxflow.aggregate.stuff import PROMPT
 from ctxflow.errors import UserError
@@ -127,6 +128,30 @@ def test_windows_pack_the_budget(raw):
     assert len(wins2) == 3
 
 
+def test_asking_for_more_windows_never_drops_what_fits(raw):
+    """Uneven pieces: n_windows at or above the number of pieces keeps every piece (two large ones
+    used to share a window and one was dropped while other windows stayed empty); fewer windows keep
+    document order and move a piece that does not fit on to the next window with room."""
+    sizes = [90, 20, 90, 45, 90, 60, 90, 60, 90]
+    chunks = make_chunks([" ".join(f"w{i}x{j}" for j in range(n // 3)) for i, n in enumerate(sizes)])
+    n = [raw.count_tokens(c.text) for c in chunks]
+    budget = max(n) + 2
+    for k in (len(chunks), len(chunks) + 5, 50):
+        wins, dropped = make_windows(raw, chunks, budget, n_windows=k)
+        assert dropped == 0 and [c.index for w in wins for c in w] == list(range(len(chunks))), k
+    wins, dropped = make_windows(raw, chunks, budget, n_windows=5)
+    order = [c.index for w in wins for c in w]
+    assert order == sorted(order) and dropped == len(chunks) - len(order)
+    assert all(sum(raw.count_tokens(c.text) for c in w) + 2 * (len(w) - 1) <= budget for w in wins)
+
+
+def test_context_slot_must_appear_once():
+    with pytest.raises(UserError, match="exactly once"):
+        PCW(prompt="{context}\n{question}\n{context}")
+    with pytest.raises(UserError, match="exactly once"):
+        NBCE(prompt="{context} {question} {context}")
+
+
 def test_emulated_context_is_respected_and_long_input_uses_many_windows(raw):
     small = LocalLM(cache=False, max_context=160)
     text = " ".join(f"Sentence {i} tells nothing of note about the harbour." for i in range(60))  # ~700 tokens
@@ -168,7 +193,7 @@ def test_rank_by_incoming_score_and_order(raw):
     chunks = make_chunks([f"word{i} " * 30 for i in range(6)])  # ~60 model tokens each: one window apiece
     wins, _ = make_windows(raw, chunks, 70)
     assert len(wins) == 6
-    scores = {c.id: float(i % 3) for i, c in enumerate(chunks)}  # best: chunks 2 and 5
+    scores = SpanScores([(c, float(i % 3)) for i, c in enumerate(chunks)])  # best: chunks 2 and 5
     best, _ = rank_windows(raw, wins, Q, 2, "score", scores=scores)
     assert [w[0].index for w in best] == [2, 5]
     assert rank_windows(raw, wins, Q, 2, "order")[0] == wins[:2]
