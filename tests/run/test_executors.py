@@ -1,5 +1,6 @@
 """Executors: the same pipeline file gives the same greedy answers locally and on a local Ray
-cluster (real model, real Ray with ``num_cpus=2``; Ray is started once for this module)."""
+cluster (real model, real Ray with ``num_cpus=2``; Ray is started once for this folder: ``ray_cluster``
+in conftest.py)."""
 from __future__ import annotations
 
 import os
@@ -34,14 +35,6 @@ inputs: {document: chunk.text, question: [bank.query, answer.question]}
 outputs: {answer: answer.answer}
 """
 QUESTIONS = ["What does grok mean?", "What is a heisenbug?"]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as RayExecutor does for a local Ray: actors at normal priority
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 << 20)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
