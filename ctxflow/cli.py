@@ -72,7 +72,8 @@ class ProgressBars:
         self.bars.clear()
 
 
-def _parse_inputs(items: Sequence[str]) -> dict[str, Any]:
+def _parse_inputs(items: Sequence[str], files: dict[str, str] | None = None) -> dict[str, Any]:
+    """``NAME=VALUE`` / ``NAME=@FILE`` pairs; ``files`` collects which inputs came from which file."""
     out: dict[str, Any] = {}
     for it in items or []:
         if "=" not in it:
@@ -82,6 +83,8 @@ def _parse_inputs(items: Sequence[str]) -> dict[str, Any]:
             from .io import read_document
 
             value = read_document(value[1:]).text
+            if files is not None:
+                files[name.strip()] = it.split("=", 1)[1][1:]
         out[name.strip()] = value
     return out
 
@@ -165,8 +168,10 @@ def _run_pipeline(p: Any, inputs: dict[str, Any], quiet: bool, extra: Sequence[A
 def cmd_run(args: argparse.Namespace) -> int:
     p = _load(args.pipeline, args.model)
     _apply_executor(p, args)
-    inputs = _parse_inputs(args.input)
+    files: dict[str, str] = {}
+    inputs = _parse_inputs(args.input, files)
     res = _run_pipeline(p, inputs, args.quiet)
+    source = files.get("document") or (next(iter(files.values())) if len(files) == 1 else "")
     if args.trace:
         Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
     if args.json:
@@ -175,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for k, v in res.outputs.items():
             if hasattr(v, "citations"):
                 print(f"{k}:")
-                print_answer(v)
+                print_answer(v, source=source)
             else:
                 val = jsonable(v)
                 print(f"{k}: {val if isinstance(val, str) else json.dumps(val, ensure_ascii=False, indent=2)}")
@@ -303,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a document (file or folder) and a question; with --store, only the question")
     a.add_argument("--store", "-s", metavar="DIR", help="answer from a persisted store made by `ctxflow index`")
     a.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml)")
+    a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml for a file, "
+                   "pipelines/codebase_qa.yaml for a folder)")
     a.add_argument("--model", "-m", metavar="MODEL", help=MODEL_HELP)
     a.add_argument("--json", action="store_true", help="print {answer, citations: [{start, end, text, ...}], trace} as JSON")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

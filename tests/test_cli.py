@@ -78,3 +78,8 @@ def test_ask_says_why_a_very_long_question_is_slow(tmp_path, capsys):
     assert "note: the question is 3,000 characters long" in err and "document not found" in err
     assert main(["ask", str(tmp_path / "missing.txt"), "why? " * 600, "-q"]) == 2
     assert "note:" not in capsys.readouterr().err
+
+
+def test_ask_store_refuses_an_executor(tmp_path, capsys):
+    assert main(["ask", "--store", str(tmp_path / "s"), "What?", "--executor", "local"]) == 2
+    assert "--executor cannot be combined with --store" in capsys.readouterr().err

@@ -2,9 +2,13 @@
 
     p = Pipeline(models={"llm": LocalLM(), "embed": STEmbedder()})
     p.add("chunk", TokenChunker(size=256))
-    p.add("bank", CosineBank(embedder="embed"))
+    p.add("bank", CosineMemory(embedder="embed", top_k=4))
+    p.add("answer", Stuff(llm="llm"))
     p.connect("chunk.chunks", "bank.chunks")
-    p.expose_input("question", "bank.query")
+    p.connect("bank.hits", "answer.chunks")
+    p.expose_input("document", "chunk.text")
+    p.expose_input("question", "bank.query", "answer.question")
+    p.expose_output("answer", "answer.answer")
     result = p.run({"document": text, "question": "..."})
     result["answer"], result.trace
 

@@ -203,6 +203,9 @@ def ask_store(args: argparse.Namespace, llm: Any = None, embedder: Any = None, k
 
     out, err = stream or sys.stdout, sys.stderr
     question = args.positional[0].strip()
+    if getattr(args, "executor", None):
+        raise UserError("--executor cannot be combined with --store: a store is answered by retrieval + one LLM call, "
+                        "which runs here; to index on a cluster use the Python API (docs/scaling.md).")
     if getattr(args, "pipeline", None):
         raise UserError("--pipeline cannot be combined with --store: a store is answered by retrieval + one LLM call; "
                         "to use a pipeline, give it a memory bank with `store: DIR` and run `ctxflow run`.")
