@@ -72,8 +72,9 @@ class ProgressBars:
         self.bars.clear()
 
 
-def _parse_inputs(items: Sequence[str], files: dict[str, str] | None = None) -> dict[str, Any]:
-    """``NAME=VALUE`` / ``NAME=@FILE`` pairs; ``files`` collects which inputs came from which file."""
+def _parse_inputs(items: Sequence[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` / ``NAME=@FILE`` pairs; a file comes in as its Document (text converted from
+    PDF/HTML/EPUB/DOCX; the pipeline gives the citations of an answer built from it the file's path)."""
     out: dict[str, Any] = {}
     for it in items or []:
         if "=" not in it:
@@ -82,9 +83,7 @@ def _parse_inputs(items: Sequence[str], files: dict[str, str] | None = None) -> 
         if value.startswith("@"):
             from .io import read_document
 
-            value = read_document(value[1:]).text
-            if files is not None:
-                files[name.strip()] = it.split("=", 1)[1][1:]
+            value = read_document(value[1:])
         out[name.strip()] = value
     return out
 
@@ -168,9 +167,11 @@ def _run_pipeline(p: Any, inputs: dict[str, Any], quiet: bool, extra: Sequence[A
 def cmd_run(args: argparse.Namespace) -> int:
     p = _load(args.pipeline, args.model)
     _apply_executor(p, args)
-    files: dict[str, str] = {}
-    inputs = _parse_inputs(args.input, files)
+    inputs = _parse_inputs(args.input)
     res = _run_pipeline(p, inputs, args.quiet)
+    from .types import Document
+
+    files = {k: v.meta.get("path", "") for k, v in inputs.items() if isinstance(v, Document)}
     source = files.get("document") or (next(iter(files.values())) if len(files) == 1 else "")
     if args.trace:
         Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
@@ -224,7 +225,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(f"warning: {args.doc}: {doc.meta['replaced_bytes']} invalid UTF-8 byte(s) replaced by U+FFFD", file=sys.stderr)
     p = _load(args.pipeline or str(default_pipeline()), args.model)
     _apply_executor(p, args)
-    inputs: dict[str, Any] = {"document": doc.text, "question": args.question}
+    inputs: dict[str, Any] = {"document": doc, "question": args.question}  # citations get its page/section
     if "doc_id" in p.inputs:
         inputs["doc_id"] = doc.id
     missing = [k for k in ("document", "question") if k not in p.inputs]
@@ -235,13 +236,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     printer = TokenPrinter() if args.stream and not args.json else None
     res = _run_pipeline(p, inputs, args.quiet, [printer] if printer else [])
     ans = res.outputs.get("answer") or next(iter(res.outputs.values()))
-    if doc.meta.get("format"):  # a converted PDF/EPUB/...: each citation's page or section
-        from .formats import locate
-
-        for c in getattr(ans, "citations", None) or []:
-            c.meta.update(locate(doc.meta, c.start))
-            for k in ("line", "end_line"):  # lines of the converted text, not of the file: not shown
-                c.meta.pop(k, None)
     if args.json:
         d = jsonable(ans) if hasattr(ans, "model_dump") else {"answer": jsonable(ans)}
         out = {"answer": d.get("text", d.get("answer")), "citations": [

@@ -33,6 +33,7 @@ from ..errors import ConnectionError_, SpecError, UserError
 from ..events import EventBus, Subscriber, use_bus
 from ..llm.base import LLM, Embedder
 from ..run.base import use_executor
+from ..types import Document
 from .component import Socket, compatible, describe_type, input_sockets, resource_params
 from .registry import suggest
 
@@ -71,11 +72,28 @@ def _check_input_value(name: str, value: Any, want: Any, socket: str) -> Any:
     a path-like value is taken for a socket that holds a path (``path``, ``folder``, ...)."""
     if want is str and isinstance(value, os.PathLike) and any(w in socket for w in ("path", "folder", "dir", "file")):
         return os.fspath(value)
+    if isinstance(value, Document) and want is not Document:  # ctxflow.read_document(...): its (converted) text
+        return value.text
     if want is str and not isinstance(value, str):
         hint = " (read the file first: Path(...).read_text())" if hasattr(value, "read_text") else \
             " (decode it first: data.decode('utf-8'))" if isinstance(value, (bytes, bytearray)) else ""
         raise UserError(f"pipeline input {name!r} must be text (str), got {type(value).__name__}{hint}.")
     return value
+
+
+def _place_citations(values: Any, doc: Document) -> None:
+    """Give the citations of answers built from ``doc`` its path, and the page or section of a
+    converted PDF/EPUB (no line: a line of converted text is no line of the file)."""
+    from ..formats import locate
+
+    for v in values:
+        for c in getattr(v, "citations", None) or []:
+            if doc.meta.get("path"):
+                c.meta.setdefault("path", doc.meta["path"])
+            if doc.meta.get("format"):
+                c.meta.update(locate(doc.meta, c.start))
+                c.meta.pop("line", None)
+                c.meta.pop("end_line", None)
 
 
 def _attribute(exc: Exception, name: str, type_name: str) -> None:
@@ -310,7 +328,7 @@ class Pipeline:
                     per.setdefault(c, {})[s] = _check_input_value(key, value, self._in(c)[s].type, s)
             elif "." in key:
                 c, s = self._resolve(key, "in")
-                per.setdefault(c, {})[s] = value
+                per.setdefault(c, {})[s] = value.text if isinstance(value, Document) else value
             else:
                 valid = sorted(self.inputs) or ["component.socket"]
                 raise UserError(f"unknown pipeline input {key!r}.{suggest(key, self.inputs)} Valid inputs: {', '.join(valid)}.")
@@ -378,6 +396,9 @@ class Pipeline:
         for v in outputs.values():
             if hasattr(v, "trace") and isinstance(getattr(v, "trace"), dict) and not v.trace.get("pipeline"):
                 v.trace["pipeline"] = trace
+        docs = [v for v in (inputs or {}).values() if isinstance(v, Document)]
+        if len(docs) == 1:  # the one document read from a file: citations name it (and a PDF's page)
+            _place_citations(outputs.values(), docs[0])
         return RunResult(outputs, trace)
 
     # -- (de)serialisation ----------------------------------------------------------------

@@ -282,3 +282,34 @@ def test_citations_of_converted_files_name_their_page_not_a_line_of_the_file(tmp
     print_answer(Answer(text="a", citations=cits), sys.stdout)
     out = capsys.readouterr().out
     assert f"{jargon_pdf} (page {page_of(pdf.meta, j)}) [{j}:{j + 11}]" in out and f"{page} [{i}:{i + 8}]" in out
+
+
+def test_a_document_object_runs_through_any_pipeline_and_its_citations_name_file_and_page(jargon_pdf):
+    """Python API: pipe.run({"document": ctxflow.read_document("x.pdf"), ...}) takes the converted text,
+    and the answer's citations carry the file's path and the PDF page (no line of converted text)."""
+    import ctxflow
+
+    pipe = ctxflow.loads("""
+version: 1
+models:
+  llm: {type: fake, responses: ["Heisenberg's Uncertainty Principle in quantum physics."]}
+components:
+  chunk: {type: chunk.sentences, size: 96}
+  bank: {type: memory.bm25, top_k: 3}
+  answer: {type: aggregate.stuff, llm: llm}
+connections:
+  - chunk.chunks -> bank.chunks
+  - bank.hits -> answer.chunks
+inputs:
+  document: chunk.text
+  question: [bank.query, answer.question]
+outputs:
+  answer: answer.answer
+""")
+    doc = ctxflow.read_document(jargon_pdf)
+    ans = pipe.run({"document": doc, "question": "What is a heisenbug?"})["answer"]
+    assert ans.citations
+    for c in ans.citations:
+        assert doc.text[c.start:c.end] == c.text
+        assert c.meta["path"] == str(jargon_pdf) and c.meta["page"] == page_of(doc.meta, c.start) and "line" not in c.meta
+    assert any("Uncertainty" in c.text for c in ans.citations)
