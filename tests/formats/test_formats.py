@@ -252,9 +252,9 @@ def test_damaged_pdfs_and_oversized_zip_parts_are_clear_errors(tmp_path, jargon_
         assert doc.meta.get("unreadable_pages") or doc.text.strip()
     except DocumentError as exc:
         assert "not a readable PDF" in str(exc)
-    import ctxflow.formats as formats
+    import ctxflow.formats.archive as archive
 
-    monkeypatch.setattr(formats, "MAX_UNZIPPED", 10_000)
+    monkeypatch.setattr(archive, "MAX_UNZIPPED", 10_000)
     with pytest.raises(DocumentError, match="zip bomb"):
         read_document(make_docx([docx_para("x" * 20_000)], tmp_path / "big.docx"))
 
