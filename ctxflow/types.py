@@ -62,7 +62,7 @@ class Citation(BaseModel):
 
     @classmethod
     def from_chunk(cls, chunk: Chunk, score: float | None = None) -> "Citation":
-        meta = {k: v for k, v in chunk.meta.items() if k in ("path", "line", "end_line", "title")}
+        meta = {k: v for k, v in chunk.meta.items() if k in ("path", "line", "end_line", "title", "page", "section")}
         return cls(doc_id=chunk.doc_id, start=chunk.start, end=chunk.end, text=chunk.text, score=score, meta=meta)
 
 

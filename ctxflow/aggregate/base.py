@@ -13,8 +13,8 @@ ChunkList = Union[list[Chunk], list[Scored[Chunk]]]
 _W = re.compile(r"\w+", re.UNICODE)
 _CJK_RUN = re.compile(f"[{_CJK}]+")
 _CJK_SPLIT = re.compile(f"([{_CJK}]+)")
-_MARK = re.compile(r"[.!?\u3002\uff01\uff1f]")
-_LINE = re.compile(r"[^\n]+")
+_END_MARK = re.compile(r"(?:[.!?:;]|[\u3002\uff01\uff1f])[\"'\u2019\u201d)\]]*$")  # a line that ends a sentence
+_LINE = re.compile(r"[^\r\n]+")
 
 
 def unwrap(items: Sequence[Chunk | Scored[Chunk]]) -> list[tuple[Chunk, float | None]]:
@@ -127,7 +127,11 @@ def split_to_fit(llm: Any, chunk: Chunk, budget: int) -> list[Chunk]:
     out, text, start = [], chunk.text, chunk.start
     while text.strip():
         piece = llm.truncate(text, budget) or text[:1]
-        out.append(chunk.model_copy(update={"start": start, "end": start + len(piece), "text": piece,
+        meta = dict(chunk.meta)
+        if isinstance(meta.get("line"), int):  # the piece's own lines, counted from the chunk's first line
+            meta["line"] = chunk.meta["line"] + _newlines(chunk.text[:start - chunk.start])
+            meta["end_line"] = meta["line"] + _newlines(piece[:max(0, len(piece.rstrip()) - 1)])
+        out.append(chunk.model_copy(update={"start": start, "end": start + len(piece), "text": piece, "meta": meta,
                                             "n_tokens": llm.count_tokens(piece)}))
         start, text = start + len(piece), text[len(piece):]
     return out
@@ -174,22 +178,47 @@ def terms(text: str, min_len: int = 1) -> set[str]:
 
 
 def citation_units(text: str) -> list[tuple[int, int]]:
-    """What a citation may quote: whole sentences (hard-wrapped prose stays one sentence across its
-    line breaks), except that a run of lines without any sentence mark (records, list items, table
-    rows) is one unit per line. Ranges are stripped and non-empty."""
+    """What a citation may quote: whole sentences, where hard-wrapped prose stays one sentence across
+    its line breaks. A sentence spanning lines is still cut at a line that ends with a sentence mark
+    (glossaries, "key: value." lists), at a line much shorter than the longest (a title, a short list
+    item: wrapped prose fills its lines), and into single lines when no line ends a sentence (records,
+    table rows). ``\n``, ``\r\n`` and a lone ``\r`` all end lines. Ranges are stripped and non-empty."""
     from ..chunking.base import strip_range
     from ..chunking.sentences import split_sentences
 
     out: list[tuple[int, int]] = []
     for s, e in split_sentences(text):
-        if "\n" in text[s:e] and not _MARK.search(text, s, e):
-            for m in _LINE.finditer(text, s, e):
-                a, b = strip_range(text, m.start(), m.end())
-                if b > a:
-                    out.append((a, b))
-        else:
+        lines = [strip_range(text, m.start(), m.end()) for m in _LINE.finditer(text, s, e)]
+        lines = [(a, b) for a, b in lines if b > a]
+        if len(lines) < 2:
             out.append((s, e))
+            continue
+        ends = [bool(_END_MARK.search(text[a:b])) for a, b in lines]
+        if not any(ends):  # records: one unit per line
+            out.extend(lines)
+            continue
+        # widths of whole lines of the text (a sentence may start mid-line), indentation left out
+        width = [b - _line_start(text, a) - _indent(text, _line_start(text, a)) for a, b in lines]
+        longest = max(width)
+        start = lines[0][0]
+        for i, (a, b) in enumerate(lines):
+            last = i == len(lines) - 1
+            if last or ends[i] or width[i] < 0.6 * longest:
+                out.append((start, b))
+                if not last:
+                    start = lines[i + 1][0]
     return out
+
+
+def _line_start(text: str, pos: int) -> int:
+    return max(text.rfind("\n", 0, pos), text.rfind("\r", 0, pos)) + 1
+
+
+def _indent(text: str, pos: int) -> int:
+    n = pos
+    while n < len(text) and text[n] in " \t":
+        n += 1
+    return n - pos
 
 
 def _newlines(text: str) -> int:

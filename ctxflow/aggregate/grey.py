@@ -87,15 +87,20 @@ def make_windows(llm: Any, chunks: list[Chunk], budget: int, n_windows: int | No
     used = [-sep] * k
     w, dropped = 0, 0
     for p, n in zip(pieces, sizes):
-        w = max(w, min(k - 1, int((cum + n / 2) * k / total)))
+        target = min(k - 1, int((cum + n / 2) * k / total))
+        w = max(w, min(target, w + 1 if groups[w] else w))  # never past an empty window
         cum += n
-        while w < k and used[w] + sep + n > budget:
-            w += 1
-        if w == k:  # no later window has room: dropped (counted in the trace)
-            dropped, w = dropped + 1, k - 1
+        j = w
+        while j < k and used[j] + sep + n > budget:
+            j += 1
+        if j == k:  # no later window has room: any earlier one that has (windows are read in parallel)
+            j = next((i for i in range(w) if used[i] + sep + n <= budget), k)
+        if j == k:  # no window has room: dropped (counted in the trace)
+            dropped += 1
             continue
-        groups[w].append(p)
-        used[w] += sep + n
+        groups[j].append(p)
+        used[j] += sep + n
+        w = max(w, j)
     return [g for g in groups if g], dropped
 
 

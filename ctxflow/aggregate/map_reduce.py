@@ -66,7 +66,8 @@ PROMPTS = {"qa": (MAP_PROMPT, COLLAPSE_PROMPT, COMBINE_PROMPT),
            "summary": (SUMMARY_MAP_PROMPT, SUMMARY_COLLAPSE_PROMPT, SUMMARY_COMBINE_PROMPT)}
 SEP = "\n\n"
 _NOTHING = re.compile(  # a bare sentinel ("NONE.", "N/A") is the whole reply; a sentence saying so starts it
-    r"^\W*(?:(?:none|n/?a|nothing(?: relevant| useful)?)\W*$"
+    r"^\W*(?:(?:none|n/?a|nothing(?: relevant| useful)?)\s*(?:[.:;!\-\u2013\u2014]|\n|$)"
+    r"|nothing (?:in|about) (?:the|this) (?:passage|text|context)\b"
     r"|(?:no relevant|no information|not (?:mentioned|relevant|provided|stated|specified)|"
     r"(?:the |this )?passage (?:does not|doesn't) (?:help|contain|mention|say|provide))\b)",
     re.I,

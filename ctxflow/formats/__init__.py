@@ -32,7 +32,10 @@ def sniff(data: bytes, name: str) -> str:
     """The format of ``data``: ``pdf``, ``epub``, ``docx``, ``html``, ``zip`` (another archive) or
     ``text`` (by content first; HTML by the file name's suffix, or by its opening tag in a file
     without a text suffix)."""
-    if b"%PDF-" in data[:1024]:  # the header may follow some junk bytes
+    low = name.lower()
+    if low.endswith(_TEXT_SUFFIXES):  # a text file is read as text, whatever it quotes
+        return "text"
+    if data.lstrip()[:5] == b"%PDF-" or (low.endswith(".pdf") and b"%PDF-" in data[:1024]):  # junk may precede it
         return "pdf"
     if data[:4] == b"PK\x03\x04":
         try:
@@ -49,11 +52,8 @@ def sniff(data: bytes, name: str) -> str:
         except (zipfile.BadZipFile, OSError, RuntimeError):
             pass
         return "zip"
-    low = name.lower()
     if low.endswith(_HTML_SUFFIXES):
         return "html"
-    if low.endswith(_TEXT_SUFFIXES):
-        return "text"
     head = _bom_stripped(data[:1024]).lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html")):
         return "html"

@@ -81,15 +81,21 @@ def _check_input_value(name: str, value: Any, want: Any, socket: str) -> Any:
     return value
 
 
-def _place_citations(values: Any, doc: Document) -> None:
-    """Give the citations of answers built from ``doc`` its path, and the page or section of a
-    converted PDF/EPUB (no line: a line of converted text is no line of the file)."""
+def _place_citations(values: Any, docs: list[Document]) -> None:
+    """Give each citation that quotes one of ``docs`` (its text at its offsets, and no other file's
+    path) that document's path, and the page or section of a converted PDF/EPUB (no line: a line of
+    converted text is no line of the file). Citations of other sources (a store) are left as they are."""
     from ..formats import locate
 
     for v in values:
         for c in getattr(v, "citations", None) or []:
+            mine = [d for d in docs if d.text[c.start:c.end] == c.text
+                    and c.meta.get("path") in (None, "", d.meta.get("path"))]
+            if len(mine) != 1:
+                continue
+            doc = mine[0]
             if doc.meta.get("path"):
-                c.meta.setdefault("path", doc.meta["path"])
+                c.meta["path"] = doc.meta["path"]
             if doc.meta.get("format"):
                 c.meta.update(locate(doc.meta, c.start))
                 c.meta.pop("line", None)
@@ -397,8 +403,8 @@ class Pipeline:
             if hasattr(v, "trace") and isinstance(getattr(v, "trace"), dict) and not v.trace.get("pipeline"):
                 v.trace["pipeline"] = trace
         docs = [v for v in (inputs or {}).values() if isinstance(v, Document)]
-        if len(docs) == 1:  # the one document read from a file: citations name it (and a PDF's page)
-            _place_citations(outputs.values(), docs[0])
+        if docs:  # documents read from files: the citations quoting them name them (and a PDF's page)
+            _place_citations(outputs.values(), docs)
         return RunResult(outputs, trace)
 
     # -- (de)serialisation ----------------------------------------------------------------

@@ -150,7 +150,7 @@ def loads(text: str, file: str = "<string>", local_model: str | None = None) -> 
     data, marks = _parse(text, file)
     if not isinstance(data, dict):
         raise marks.error(f"the top level must be a mapping with keys version, models, components, connections, inputs, outputs; found {_describe(data)}.")
-    if local_model is not None:
+    if local_model is not None and isinstance(data.get("models") or {}, dict):
         locals_ = [m for m in (data.get("models") or {}).values() if isinstance(m, dict) and m.get("type") == "local"]
         if not locals_:
             raise SpecError(f"--model {local_model}: {file} declares no local model (type: local) to replace.")

@@ -10,6 +10,7 @@ The cache lives in ``$CTXFLOW_CACHE_DIR`` (default ``~/.cache/ctxflow``) as ``ll
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,18 +55,27 @@ class LLMCache:
         except sqlite3.OperationalError:  # locked, read-only, ...: not damage
             raise
         except sqlite3.DatabaseError as exc:  # not a database / malformed: moved aside (kept), a fresh one made
-            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                part = Path(str(self.path) + suffix)
-                if part.exists():
-                    os.replace(part, str(aside) + suffix)
-            warnings.warn(f"the LLM-call cache {self.path} was damaged ({exc}); moved it to {aside} and started an "
-                          "empty one (cached answers are recomputed once)", RuntimeWarning, stacklevel=2)
-            self._conn = self._connect()
+            self._start_over(exc)
         self.hits = 0
         self.misses = 0
 
     key = staticmethod(make_key)
+
+    def _start_over(self, exc: Exception) -> None:
+        """The file is damaged (found on open or on any later read/write): move it aside, keeping it,
+        and continue with an empty cache (cached answers are recomputed once)."""
+        old = getattr(self, "_conn", None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+        aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(str(self.path) + suffix)
+            if part.exists():
+                os.replace(part, str(aside) + suffix)
+        warnings.warn(f"the LLM-call cache {self.path} was damaged ({exc}); moved it to {aside} and started an "
+                      "empty one (cached answers are recomputed once)", RuntimeWarning, stacklevel=3)
+        self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
@@ -82,11 +92,17 @@ class LLMCache:
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         with self._lock:
-            for i in range(0, len(keys), 500):
-                part = keys[i : i + 500]
-                q = f"SELECT key, value FROM calls WHERE key IN ({','.join('?' * len(part))})"
-                for k, v in self._conn.execute(q, part):
-                    found[k] = json.loads(v)
+            try:
+                for i in range(0, len(keys), 500):
+                    part = keys[i : i + 500]
+                    q = f"SELECT key, value FROM calls WHERE key IN ({','.join('?' * len(part))})"
+                    for k, v in self._conn.execute(q, part):
+                        found[k] = json.loads(v)
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as exc:  # damage found on reading: every key is a miss
+                self._start_over(exc)
+                found = {}
         self.hits += len(found)
         self.misses += len(set(keys)) - len(found)
         return found
@@ -100,13 +116,26 @@ class LLMCache:
         if not rows:
             return
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("INSERT OR REPLACE INTO calls (key, model, kind, value) VALUES (?, ?, ?, ?)", rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
+            for attempt in (0, 1):
+                try:
+                    self._insert(rows)
+                    return
+                except sqlite3.OperationalError:
+                    raise
+                except sqlite3.DatabaseError as exc:  # damage found on writing: start over, write once more
+                    if attempt:
+                        raise
+                    self._start_over(exc)
+
+    def _insert(self, rows: list[tuple[str, str, str, str]]) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany("INSERT OR REPLACE INTO calls (key, model, kind, value) VALUES (?, ?, ?, ?)", rows)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
-                raise
+            raise
 
     def put(self, key: str, model: str, kind: str, value: Any) -> None:
         self.put_many([(key, model, kind, value)])

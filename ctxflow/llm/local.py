@@ -329,8 +329,8 @@ class LocalLM(GreyBox, LLM):
     def _params(self, **kw: Any) -> dict[str, Any]:
         if self.dtype != "float32":
             kw["dtype"] = self.dtype
-        if self.max_context is not None:  # a shorter window can cut a generation short: not the same call
-            kw["max_context"] = self.max_context
+        if self.max_context is not None and (self._model is None or self.max_context < self._real_context):
+            kw["max_context"] = self.max_context  # a shorter window can cut a generation short: not the same call
         return kw
 
     # ------------------------------------------------------------------ black box

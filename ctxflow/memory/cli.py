@@ -77,6 +77,7 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
     """Index ``paths`` into the store ``store`` (created or appended to). Returns the exit status."""
     from tqdm import tqdm
 
+    from ..formats import locate
     from ..io import document_from_bytes
     from .store import check_new_store_folder, open_store
 
@@ -125,7 +126,12 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
             nl = [i for i, ch in enumerate(doc.text) if ch == "\n"]
             for c in chunks:
                 c.meta.setdefault("path", str(f))
-                c.meta.setdefault("line", bisect.bisect_left(nl, c.start) + 1)  # 1-based line of the chunk's start
+                if doc.meta.get("format"):  # a converted PDF/HTML/...: its page or section, no line of converted text
+                    c.meta.pop("line", None)
+                    c.meta.pop("end_line", None)
+                    c.meta.update(locate(doc.meta, c.start))
+                else:
+                    c.meta.setdefault("line", bisect.bisect_left(nl, c.start) + 1)  # 1-based line of the chunk's start
             # earlier ids of this file: its absolute path, or (stores written before ids were absolute)
             # the path as given or relative to here
             for old_id in dict.fromkeys((doc.id, str(given[f]), os.path.relpath(f))):

@@ -1,17 +1,14 @@
 """``select.topk``: keep the k best candidates, optionally diversified with MMR."""
 from __future__ import annotations
 
-import re
-
+from ..aggregate.base import terms
 from ..graph.component import Component, component
 from ..graph.params import PositiveInt, UnitFloat
 from ..types import Chunk, Scored
 
-_W = re.compile(r"\w+")
-
 
 def _jaccard(a: str, b: str) -> float:
-    sa, sb = set(_W.findall(a.lower())), set(_W.findall(b.lower()))
+    sa, sb = terms(a), terms(b)  # words; character pairs in CJK text
     return len(sa & sb) / max(1, len(sa | sb))
 
 

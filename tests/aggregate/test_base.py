@@ -68,3 +68,50 @@ def test_map_rerank_says_the_question_leaves_no_room():
     llm = ScriptedLLM(lambda p, n: "x", context=100)
     with pytest.raises(ContextOverflowError, match="shorten the question"):
         MapRerank(llm=llm, method="parse", max_new_tokens=8).run(candidates=make_chunks(["a b c"]), question="why " * 90)
+
+
+def test_citation_units_cut_lists_records_titles_and_lone_cr_lines():
+    from ctxflow.aggregate.base import citation_units
+
+    def units(t):
+        return [t[a:b] for a, b in citation_units(t)]
+
+    assert units("apple: a red fruit.\nbanana: a long yellow fruit.\ncherry: small.\n") == [
+        "apple: a red fruit.", "banana: a long yellow fruit.", "cherry: small."]  # next line lower-case
+    assert units("pear: 2.10 EUR\nhost: 10.0.0.2\n") == ["pear: 2.10 EUR", "host: 10.0.0.2"]  # dots inside, no sentence end
+    assert units("alpha one\nThe lighthouse keeper is Ada.") == ["alpha one", "The lighthouse keeper is Ada."]
+    assert units("a line\rsecond line.\rthird") == ["a line", "second line.", "third"]
+    wrapped = ("When you claim to 'grok' some knowledge or technique, you are\n"
+               "   asserting that you have not merely learned it in a detached\n   instrumental way.")
+    assert units(wrapped) == [wrapped]  # hard-wrapped prose stays one sentence
+
+
+def test_pieces_of_a_long_chunk_carry_their_own_lines():
+    from ctxflow.aggregate.base import split_to_fit
+    from ctxflow.types import Chunk
+
+    from .fakes import ScriptedLLM
+
+    text = "".join(f"line {i} of the chunk\n" for i in range(40))
+    chunk = Chunk(doc_id="d", start=100, end=100 + len(text), text=text, meta={"line": 10})
+    pieces = split_to_fit(ScriptedLLM(lambda p, n: ""), chunk, 30)
+    assert len(pieces) > 2
+    assert [p.meta["line"] for p in pieces] == [10 + text.count("\n", 0, p.start - chunk.start) for p in pieces]
+    assert len({p.meta["line"] for p in pieces}) == len(pieces)  # not all the chunk's first line
+
+
+def test_nothing_sentinels_with_explanations_are_empty_notes():
+    from ctxflow.aggregate.map_reduce import says_nothing
+
+    for empty in ("NONE. The passage does not mention Napoleon.", "NONE\n\nThe passage is about cats.",
+                  "N/A - the passage is about cats.", "Nothing in the passage answers this."):
+        assert says_nothing(empty), empty
+    for fact in ("None of the 3 keys work; the code is 4417.", "Napoleon was born in 1769."):
+        assert not says_nothing(fact), fact
+
+
+def test_mmr_overlap_sees_cjk_text():
+    from ctxflow.select.topk import _jaccard
+
+    assert _jaccard("東京は日本の首都です", "東京は日本の首都です。") > 0.8
+    assert _jaccard("東京は日本の首都です", "大阪は関西の中心です") < 0.3

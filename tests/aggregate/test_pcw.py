@@ -130,8 +130,9 @@ def test_windows_pack_the_budget(raw):
 
 def test_asking_for_more_windows_never_drops_what_fits(raw):
     """Uneven pieces: n_windows at or above the number of pieces keeps every piece (two large ones
-    used to share a window and one was dropped while other windows stayed empty); fewer windows keep
-    document order and move a piece that does not fit on to the next window with room."""
+    used to share a window and one was dropped while other windows stayed empty); with fewer windows a
+    piece that does not fit moves on to the next window with room (or, at the end, any window with room:
+    windows are read in parallel), in order inside each window."""
     sizes = [90, 20, 90, 45, 90, 60, 90, 60, 90]
     chunks = make_chunks([" ".join(f"w{i}x{j}" for j in range(n // 3)) for i, n in enumerate(sizes)])
     n = [raw.count_tokens(c.text) for c in chunks]
@@ -141,8 +142,19 @@ def test_asking_for_more_windows_never_drops_what_fits(raw):
         assert dropped == 0 and [c.index for w in wins for c in w] == list(range(len(chunks))), k
     wins, dropped = make_windows(raw, chunks, budget, n_windows=5)
     order = [c.index for w in wins for c in w]
-    assert order == sorted(order) and dropped == len(chunks) - len(order)
+    assert all([c.index for c in w] == sorted(c.index for c in w) for w in wins)  # in order inside a window
+    assert len(set(order)) == len(order) and dropped == len(chunks) - len(order)
     assert all(sum(raw.count_tokens(c.text) for c in w) + 2 * (len(w) - 1) <= budget for w in wins)
+
+
+def test_uneven_pieces_fill_windows_before_any_is_dropped():
+    from ctxflow.llm.fake import FakeLLM
+
+    llm = FakeLLM()
+    for sizes, k, budget in (([8, 10, 1], 4, 10), ([7, 1, 5, 7, 1], 4, 7)):
+        chunks = make_chunks([" ".join(f"w{i}x{j}" for j in range(n)) for i, n in enumerate(sizes)])
+        wins, dropped = make_windows(llm, chunks, budget, n_windows=k)
+        assert dropped == 0 and sorted(c.index for w in wins for c in w) == list(range(len(sizes))), (sizes, wins)
 
 
 def test_context_slot_must_appear_once():

@@ -313,3 +313,44 @@ outputs:
         assert doc.text[c.start:c.end] == c.text
         assert c.meta["path"] == str(jargon_pdf) and c.meta["page"] == page_of(doc.meta, c.start) and "line" not in c.meta
     assert any("Uncertainty" in c.text for c in ans.citations)
+
+
+def test_a_text_file_that_mentions_the_pdf_header_stays_text():
+    doc = document_from_bytes(b"# Notes on PDF\n\nEvery PDF file starts with the header %PDF-1.7 and more.\n", "notes.md")
+    assert "format" not in doc.meta and doc.text.startswith("# Notes on PDF")
+
+
+def test_citations_of_other_sources_are_not_placed_on_the_document(jargon_pdf, tmp_path):
+    """Only citations that quote the document get its path and page: one from a store's other file
+    keeps its own path and line; with two Document inputs, each citation goes to the one it quotes."""
+    from ctxflow.graph.pipeline import _place_citations
+    from ctxflow.types import Answer, Citation
+
+    pdf = read_document(jargon_pdf)
+    j = pdf.text.index(":heisenbug:")
+    other = tmp_path / "other.txt"
+    other.write_text("Intro.\nThe lighthouse keeper is named Ada.\n", encoding="utf-8")
+    q = tmp_path / "q.txt"
+    q.write_text("What is a heisenbug?", encoding="utf-8")
+    mine = Citation(start=j, end=j + 11, text=":heisenbug:", meta={"line": 3})
+    theirs = Citation(start=7, end=42, text="The lighthouse keeper is named Ada.", meta={"path": str(other), "line": 2})
+    ans = Answer(text="x", citations=[mine, theirs])
+    _place_citations([ans], [pdf, read_document(q)])
+    assert mine.meta == {"path": str(jargon_pdf), "page": page_of(pdf.meta, j)}
+    assert theirs.meta == {"path": str(other), "line": 2}
+
+
+def test_a_pdf_indexed_into_a_store_is_cited_by_page_through_a_pipeline_bank(jargon_pdf, tmp_path, capsys):
+    """Store chunks of a converted file carry the page (not a line of converted text), also when the
+    store is read by a pipeline's bank rather than `ask --store`."""
+    from ctxflow.memory import open_store
+    from ctxflow.types import Citation
+
+    store = tmp_path / "s"
+    assert main(["index", str(jargon_pdf), "--store", str(store), "--bank", "bm25", "-q"]) == 0
+    hits = open_store(store).search("heisenbug Heisenberg uncertainty", 3)
+    assert hits
+    doc = read_document(jargon_pdf)
+    for h in hits:
+        c = Citation.from_chunk(h.item)
+        assert "line" not in c.meta and c.meta["page"] == page_of(doc.meta, c.start)

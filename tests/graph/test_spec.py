@@ -194,3 +194,13 @@ def test_bundled_recipes_load_by_name_from_any_folder(tmp_path, monkeypatch):
     assert ctxflow.load("pipelines/codebase_qa.yaml").name == "codebase_qa"
     with pytest.raises(SpecError, match="pipeline file not found: nope.yaml \\(the bundled recipes load by name"):
         ctxflow.load("nope.yaml")
+
+
+def test_local_model_override_on_a_malformed_file_is_a_spec_error():
+    import pytest
+
+    from ctxflow.errors import SpecError
+    from ctxflow.graph.spec import loads
+
+    with pytest.raises(SpecError, match="models"):
+        loads("version: 1\nmodels: [a, b]\ncomponents:\n  c: {type: chunk.tokens}\n", local_model="default")

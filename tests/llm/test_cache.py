@@ -117,3 +117,24 @@ def test_max_context_is_part_of_the_call_key(llm):
     full = LocalLM().generate([prompt], max_new_tokens=40)[0]
     assert cut.finish_reason == "length" and len(cut.text) < len(full.text)
     assert not getattr(full, "cached", False)
+
+
+def test_damage_found_after_opening_is_recovered_too(tmp_path):
+    import pytest
+
+    path = tmp_path / "llm_calls.sqlite"
+    c = LLMCache(path)
+    c.put_many([(f"k{i:05d}", "m", "generate", {"text": "x" * 200}) for i in range(3000)])
+    c._conn.close()
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 8192] = b"\xff" * 8192  # damage in the middle: the header still reads
+    path.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"llm_calls.sqlite{suffix}").unlink(missing_ok=True)
+    c = LLMCache(path)
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        got = c.get_many([f"k{i:05d}" for i in range(3000)])
+    assert got == {}  # misses, not a crash
+    c.put("new", "m", "generate", {"text": "ok"})
+    assert c.get("new") == {"text": "ok"} and list(tmp_path.glob("llm_calls.sqlite.damaged-*"))
