@@ -169,10 +169,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     _apply_executor(p, args)
     inputs = _parse_inputs(args.input)
     res = _run_pipeline(p, inputs, args.quiet)
-    from .types import Document
-
-    files = {k: v.meta.get("path", "") for k, v in inputs.items() if isinstance(v, Document)}
-    source = files.get("document") or (next(iter(files.values())) if len(files) == 1 else "")
     if args.trace:
         Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
     if args.json:
@@ -181,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for k, v in res.outputs.items():
             if hasattr(v, "citations"):
                 print(f"{k}:")
-                print_answer(v, source=source)
+                print_answer(v)  # citations quoting an @FILE carry its path (Pipeline.run places them)
             else:
                 val = jsonable(v)
                 print(f"{k}: {val if isinstance(val, str) else json.dumps(val, ensure_ascii=False, indent=2)}")

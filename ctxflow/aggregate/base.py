@@ -4,15 +4,14 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence, Union
 
-from ..chunking.base import _CJK
+from ..chunking.base import CJK_RUN
 from ..errors import ContextOverflowError, UserError
 from ..llm.base import LLM
 from ..types import Chunk, Citation, Scored
 
 ChunkList = Union[list[Chunk], list[Scored[Chunk]]]
 _W = re.compile(r"\w+", re.UNICODE)
-_CJK_RUN = re.compile(f"[{_CJK}]+")
-_CJK_SPLIT = re.compile(f"([{_CJK}]+)")
+_CJK_SPLIT = re.compile(f"({CJK_RUN.pattern})")
 _END_MARK = re.compile(r"(?:[.!?:;]|[\u3002\uff01\uff1f])[\"'\u2019\u201d)\]]*$")  # a line that ends a sentence
 _LINE = re.compile(r"[^\r\n]+")
 
@@ -100,7 +99,7 @@ def pack(llm: LLM, chunks: list[Chunk], budget: int, sep: str = "\n\n") -> list[
     used, out = 0, []
     sep_t = llm.count_tokens(sep) if sep.strip() else 1
     for c in chunks:
-        n = llm.count_tokens(c.text)  # not c.n_tokens: the chunker may have counted with another tokenizer (or words)
+        n = chunk_tokens(llm, c)
         if used + n + (sep_t if out else 0) <= budget:
             out.append(c)
             used += n + (sep_t if len(out) > 1 else 0)
@@ -165,12 +164,12 @@ def terms(text: str, min_len: int = 1) -> set[str]:
     Japanese and Korean runs, written without spaces, give their character pairs instead."""
     out: set[str] = set()
     for w in _W.findall(text.lower()):
-        if not _CJK_RUN.search(w):
+        if not CJK_RUN.search(w):
             if len(w) >= min_len:
                 out.add(w)
             continue
         for part in _CJK_SPLIT.split(w):
-            if _CJK_RUN.fullmatch(part):
+            if CJK_RUN.fullmatch(part):
                 out.update([part] if len(part) == 1 else (part[i:i + 2] for i in range(len(part) - 1)))
             elif len(part) >= min_len:
                 out.add(part)

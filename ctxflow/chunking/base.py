@@ -37,6 +37,8 @@ _CJK = "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3040-\u30ff\u31f0-\u31ff\u3400-
 #: the fallback tokenizer: runs of word characters, one CJK character, or one other non-space
 #: character (``LLM.token_spans``'s rule, except that a run of CJK text is not one huge "word")
 _FALLBACK = re.compile(rf"[^\W{_CJK}]+|[{_CJK}]|[^\w\s]")
+#: a run of CJK characters (lexical search and overlap scores split it into characters and pairs)
+CJK_RUN = re.compile(f"[{_CJK}]+")
 _NONSPACE = re.compile(r"\S")
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 

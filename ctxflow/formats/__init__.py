@@ -54,24 +54,10 @@ def sniff(data: bytes, name: str) -> str:
         return "zip"
     if low.endswith(_HTML_SUFFIXES):
         return "html"
-    head = _bom_stripped(data[:1024]).lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")):
+    head = decode_markup(data[:1024])[0].lstrip().lower()  # a BOM (UTF-8 or UTF-16) read as such
+    if head.startswith(("<!doctype html", "<html")):
         return "html"
     return "text"
-
-
-def _bom_stripped(head: bytes) -> bytes:
-    for bom in (b"\xef\xbb\xbf",):
-        if head.startswith(bom):
-            return head[len(bom):]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            return head.decode("utf-16", errors="ignore").encode("utf-8")
-        except UnicodeError:
-            return head
-    return head
-
-
 
 
 def convert(data: bytes, name: str, fmt: str) -> tuple[str, dict[str, Any]]:
@@ -102,6 +88,18 @@ def page_of(meta: dict[str, Any], offset: int) -> int | None:
     if not pages:
         return None
     return max(1, bisect.bisect_right(pages, offset))
+
+
+def place(meta: dict[str, Any], doc_meta: dict[str, Any], offset: int) -> bool:
+    """For a citation (or chunk) ``meta`` of a converted document: its page or section instead of line
+    numbers, which would count lines of the converted text, not of the file. False (nothing changed)
+    for a plain text document."""
+    if not doc_meta.get("format"):
+        return False
+    meta.pop("line", None)
+    meta.pop("end_line", None)
+    meta.update(locate(doc_meta, offset))
+    return True
 
 
 def locate(meta: dict[str, Any], offset: int) -> dict[str, Any]:

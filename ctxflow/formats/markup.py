@@ -7,7 +7,6 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)|<\?xml[^>]+encoding\s*=\s*["']([A-Za-z0-9_.:-]+)""", re.I)
 
 
@@ -36,12 +35,10 @@ def decode_markup(data: bytes) -> tuple[str, int]:
         return text.lstrip("\ufeff"), text.count("\ufffd") - data.decode(enc, errors="ignore").count("\ufffd")
 
 
-
 _BLOCK = {"p", "div", "section", "article", "header", "footer", "main", "nav", "aside", "blockquote", "pre", "table",
           "tr", "ul", "ol", "dl", "dt", "dd", "figure", "figcaption", "form", "hr", "address", "details", "summary",
           "body", "center", "caption", "fieldset", "legend", "tbody", "thead", "tfoot"}
 _SKIP = {"script", "style", "template", "noscript", "svg", "math", "iframe"}  # <head> is not: a page may never close it
-_VOID = {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
 
 
 class _HTMLText(HTMLParser):
@@ -75,8 +72,7 @@ class _HTMLText(HTMLParser):
             self.in_title = True
             return
         if tag in _SKIP:
-            if tag not in _VOID:
-                self.skip += 1
+            self.skip += 1
             return
         if self.skip:
             return

@@ -85,7 +85,7 @@ def _place_citations(values: Any, docs: list[Document]) -> None:
     """Give each citation that quotes one of ``docs`` (its text at its offsets, and no other file's
     path) that document's path, and the page or section of a converted PDF/EPUB (no line: a line of
     converted text is no line of the file). Citations of other sources (a store) are left as they are."""
-    from ..formats import locate
+    from ..formats import place
 
     for v in values:
         for c in getattr(v, "citations", None) or []:
@@ -96,10 +96,7 @@ def _place_citations(values: Any, docs: list[Document]) -> None:
             doc = mine[0]
             if doc.meta.get("path"):
                 c.meta["path"] = doc.meta["path"]
-            if doc.meta.get("format"):
-                c.meta.update(locate(doc.meta, c.start))
-                c.meta.pop("line", None)
-                c.meta.pop("end_line", None)
+            place(c.meta, doc.meta, c.start)
 
 
 def _attribute(exc: Exception, name: str, type_name: str) -> None:

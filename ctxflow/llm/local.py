@@ -67,6 +67,11 @@ def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def _check_temperature(temperature: float) -> None:
+    if not temperature >= 0 or temperature == float("inf"):  # also NaN
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+
+
 def _sub_seed(seed: int, k: int) -> int:
     """Seed of the k-th copy of the same prompt within one call (k=0: ``seed`` itself)."""
     return seed if k == 0 else (seed * 1_000_003 + k * 7_919 + 12_345) % (2**63 - 1)
@@ -350,8 +355,7 @@ class LocalLM(GreyBox, LLM):
         full). ``n_tokens`` counts generated tokens (stop-string tokens included, EOS not);
         ``logprob`` sums their model log-probs (temperature 1)."""
         self.warm_up()
-        if not temperature >= 0 or temperature == float("inf"):  # also NaN
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        _check_temperature(temperature)
         stops = sorted({s for s in (stop or []) if s})
         if isinstance(stop, str):
             stops = [stop] if stop else []
@@ -527,8 +531,7 @@ class LocalLM(GreyBox, LLM):
         import torch
 
         self.warm_up()
-        if not temperature >= 0 or temperature == float("inf"):  # also NaN
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        _check_temperature(temperature)
         stops = [stop] if isinstance(stop, str) and stop else sorted({s for s in (stop or []) if s})
         texts, ids = self._encode_prompts([prompt], chat)
         self._check_fits(len(ids[0]), 0)

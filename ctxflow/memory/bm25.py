@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..chunking.base import _CJK
+from ..chunking.base import CJK_RUN
 from ..graph.component import component
 from ..graph.params import NonNegativeFloat, PositiveInt, UnitFloat
 from ..types import Chunk, Scored
@@ -26,7 +26,6 @@ from .store import register_bank
 
 _COMPOUND = re.compile(r"\w+(?:(?:[-_./:@+#]|(?<=\d),(?=\d))\w+)*", re.UNICODE)
 _PART = re.compile(r"[^\W_]+", re.UNICODE)
-_CJK_RUN = re.compile(f"[{_CJK}]+")
 STOPWORDS = frozenset(
     "a an and are as at be by for from has have he her his i in is it its of on or she that the their them they this "
     "to was were will with what which who whom whose when where why how do does did you your we our me my".split()
@@ -37,9 +36,9 @@ def tokenize(text: str, stopwords: frozenset[str] = STOPWORDS) -> list[str]:
     """Lower-cased tokens of ``text``: compounds whole and by parts, numbers kept, stop words dropped;
     a run of CJK characters (written without spaces) gives each character and each pair of neighbours."""
     out: list[str] = []
-    for m in _COMPOUND.finditer(_CJK_RUN.sub(lambda r: f" {r.group(0)} ", text.lower())):
+    for m in _COMPOUND.finditer(CJK_RUN.sub(lambda r: f" {r.group(0)} ", text.lower())):
         tok = m.group(0)
-        if _CJK_RUN.fullmatch(tok):
+        if CJK_RUN.fullmatch(tok):
             out.extend(tok)
             out.extend(tok[i:i + 2] for i in range(len(tok) - 1))
             continue

@@ -77,7 +77,7 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
     """Index ``paths`` into the store ``store`` (created or appended to). Returns the exit status."""
     from tqdm import tqdm
 
-    from ..formats import locate
+    from ..formats import place
     from ..io import document_from_bytes
     from .store import check_new_store_folder, open_store
 
@@ -126,11 +126,7 @@ def index_main(paths: list[str], store: str, bank: str | None = None, chunker: s
             nl = [i for i, ch in enumerate(doc.text) if ch == "\n"]
             for c in chunks:
                 c.meta.setdefault("path", str(f))
-                if doc.meta.get("format"):  # a converted PDF/HTML/...: its page or section, no line of converted text
-                    c.meta.pop("line", None)
-                    c.meta.pop("end_line", None)
-                    c.meta.update(locate(doc.meta, c.start))
-                else:
+                if not place(c.meta, doc.meta, c.start):  # a converted PDF/HTML/...: its page or section
                     c.meta.setdefault("line", bisect.bisect_left(nl, c.start) + 1)  # 1-based line of the chunk's start
             # earlier ids of this file: its absolute path, or (stores written before ids were absolute)
             # the path as given or relative to here
@@ -169,7 +165,7 @@ def _verify(citations: list[Any], err: Any) -> None:
     from ..io import document_from_bytes
 
     from ..chunking.base import LineIndex
-    from ..formats import locate
+    from ..formats import place
 
     docs: dict[str, Any] = {}
     for c in citations:
@@ -186,11 +182,7 @@ def _verify(citations: list[Any], err: Any) -> None:
             if path:
                 print(f"warning: {path} (cited) can no longer be read; the quote comes from the store.", file=err)
             continue
-        if doc.meta.get("format"):  # a converted PDF/HTML/EPUB/DOCX: its page or section, no line of the file
-            c.meta.pop("line", None)
-            c.meta.pop("end_line", None)
-            c.meta.update(locate(doc.meta, c.start))
-        else:
+        if not place(c.meta, doc.meta, c.start):  # a converted PDF/HTML/EPUB/DOCX: its page or section
             c.meta["line"] = LineIndex(text).line(c.start)  # \n, \r\n or a lone \r each end a line
         c.meta["verified"] = text[c.start:c.end] == c.text
         if not c.meta["verified"]:

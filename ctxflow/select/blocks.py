@@ -56,10 +56,12 @@ def blocks_of_chunks(chunks: list[Chunk], size: int = 63, llm: Any = None) -> li
                 continue
             seen.add(key)
             meta = {**c.meta, **b.meta, "chunk": c.id}
-            for k in ("line", "end_line"):  # the block's lines count from its chunk's first line
-                if isinstance(c.meta.get("line"), int) and isinstance(b.meta.get(k), int):
-                    meta[k] = c.meta["line"] + b.meta[k] - 1
-                elif k not in c.meta:
-                    meta.pop(k, None)  # lines within the chunk only: not the document's
+            if isinstance(c.meta.get("line"), int):  # the block's lines count from its chunk's first line
+                for k in ("line", "end_line"):
+                    if isinstance(b.meta.get(k), int):
+                        meta[k] = c.meta["line"] + b.meta[k] - 1
+            else:  # lines within the chunk only, not the document's: none
+                meta.pop("line", None)
+                meta.pop("end_line", None)
             out.append(b.model_copy(update={"start": key[1], "end": key[2], "index": len(out), "meta": meta}))
     return out

@@ -104,12 +104,13 @@ def ask_folder(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    from ..cli import MODEL_HELP  # registered from ctxflow.cli's build_parser: that module is loaded
+
     s = sub.add_parser("summarize", help="summarize a book (text file) or a codebase (folder) as Markdown")
     s.add_argument("path", help="a text file (summarized section -> chapter -> book) or a folder (file -> folder -> repository)")
     s.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_summary.yaml or codebase_summary.yaml)")
     s.add_argument("--out", "-o", metavar="FILE", help="write the Markdown here (default: stdout)")
     s.add_argument("--json", action="store_true", help="print the outputs (summary, outline/report, trace) as one JSON object")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    s.add_argument("--model", "-m", metavar="MODEL", help="the local LLM, replacing the model of every 'type: local' model of the "
-                   "pipeline: 'default' (SmolLM2-135M-Instruct), a Hugging Face model folder or a .gguf file")
+    s.add_argument("--model", "-m", metavar="MODEL", help=MODEL_HELP)
     s.set_defaults(fn=cmd_summarize)
