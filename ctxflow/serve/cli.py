@@ -1,6 +1,6 @@
 """``ctxflow serve``: an OpenAI-compatible server for a local model.
 
-    ctxflow serve [--model default] [--host 127.0.0.1] [--port 8000] [--name NAME] [--max-request-mb 4]
+    ctxflow serve [--model default] [--host 127.0.0.1] [--port 8000] [--name NAME] [--max-request-mb 4] [--read-timeout 60]
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from ..errors import UserError
-from .server import MAX_BODY
+from .server import MAX_BODY, READ_TIMEOUT
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_REQUEST_MB = MAX_BODY / 2**20
@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     llm.warm_up()  # load before listening: the first request is not slowed by the load
     try:
         httpd = make_server(llm, args.host, args.port, name=args.name or args.model, verbose=args.verbose,
-                            max_body=int(args.max_request_mb * 2**20))
+                            max_body=int(args.max_request_mb * 2**20), read_timeout=args.read_timeout)
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Pick another --port "
                         "(or --port 0 for any free one).") from None
@@ -65,6 +65,16 @@ def _megabytes(text: str) -> float:
     return mb
 
 
+def _seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        s = -1.0
+    if not 0 < s < 1e6:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give a number of seconds > 0, e.g. 60")
+    return s
+
+
 def register(sub) -> None:
     s = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible HTTP API")
     s.add_argument("--model", "-m", default="default", help="model: 'default' (SmolLM2-135M-Instruct), a HF folder or a .gguf file")
@@ -79,5 +89,8 @@ def register(sub) -> None:
     s.add_argument("--max-request-mb", type=_megabytes, default=MAX_REQUEST_MB, metavar="MB",
                    help=f"largest request body taken, in MiB (default: {MAX_REQUEST_MB:g}); bigger ones are answered "
                         "HTTP 413 without reaching the model")
+    s.add_argument("--read-timeout", type=_seconds, default=READ_TIMEOUT, metavar="S",
+                   help=f"seconds a client may stay silent while its request is read (default: {READ_TIMEOUT:g}); "
+                        "a body that stops short of its Content-Length is answered HTTP 408")
     s.add_argument("--verbose", "-v", action="store_true", help="log every request on stderr")
     s.set_defaults(fn=cmd_serve)

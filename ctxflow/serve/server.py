@@ -11,7 +11,8 @@ chat; ``temperature`` 1.0): clients that want greedy answers send ``temperature:
 true`` answers with server-sent events (``data: {chunk}`` lines, then ``data: [DONE]``), one
 chunk per decoded piece of text, from ``LocalLM.generate_stream``. Errors are OpenAI-shaped:
 ``{"error": {"message", "type", "code"}}`` with status 400 (bad request, prompt too long), 404
-(unknown path or model), 411 (no Content-Length), 413 (a body over ``max_body`` bytes) or 500; an
+(unknown path or model), 408 (the body stopped arriving for ``read_timeout`` seconds), 411 (no
+Content-Length), 413 (a body over ``max_body`` bytes) or 500; an
 error after a stream has begun is one ``data: {"error": {...}}`` event, and the stream ends there
 (no ``[DONE]``). The model answers one request at a time (a lock); requests that arrive meanwhile
 wait. A prompt with more than ``CHARS_PER_TOKEN`` characters per token of the context is refused
@@ -35,6 +36,7 @@ from ..llm.base import LLM
 MAX_BODY = 4 * 2**20  # bytes of request body taken by default (``ctxflow serve --max-request-mb``)
 CHARS_PER_TOKEN = 32  # no real prompt averages more characters per token than this
 DRAIN = 256 * 2**20  # a body over the limit is still read and dropped up to this size, so that the client gets the 413
+READ_TIMEOUT = 60.0  # seconds a connection may stay silent while the server reads a request (``--read-timeout``)
 
 
 class RequestError(Exception):
@@ -195,11 +197,12 @@ class ModelServer:
         out(piece(None, _finish(g.finish_reason)))
 
 
-def _handler(server: ModelServer, verbose: bool):
+def _handler(server: ModelServer, verbose: bool, read_timeout: float):
     max_body = server.max_body
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "ctxflow"
+        timeout = read_timeout  # a silent client (e.g. one that sent a Content-Length larger than its body) frees its thread
 
         def log_message(self, fmt: str, *args: Any) -> None:
             if verbose:
@@ -217,7 +220,7 @@ def _handler(server: ModelServer, verbose: bool):
             kind = "invalid_request_error" if status < 500 else "server_error"
             try:
                 self._json(status, {"error": {"message": message, "type": kind, "code": code}})
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 pass  # the client is gone
 
         def _body(self) -> Any:
@@ -238,7 +241,12 @@ def _handler(server: ModelServer, verbose: bool):
                 raise RequestError(413, f"the request body has {n} bytes; this server takes at most {max_body} "
                                         "(ctxflow serve --max-request-mb).", "request_too_large")
             try:
-                return json.loads(self.rfile.read(n) or b"null")
+                raw = self.rfile.read(n)
+            except TimeoutError:
+                raise RequestError(408, f"the request body stopped arriving: Content-Length says {n} bytes and nothing more came "
+                                        f"for {read_timeout:g} s (ctxflow serve --read-timeout).", "request_timeout") from None
+            try:
+                return json.loads(raw or b"null")
             except ValueError as exc:
                 raise RequestError(400, f"the request body is not valid JSON: {exc}.") from None
 
@@ -286,14 +294,14 @@ def _handler(server: ModelServer, verbose: bool):
                         started.append(True)
                     self.wfile.write(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
                     self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     raise _ClientGone() from None
 
             try:
                 server.stream(body, chat, send)
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError, _ClientGone):
+            except (BrokenPipeError, ConnectionResetError, TimeoutError, _ClientGone):
                 raise _ClientGone() from None
             except Exception as exc:  # noqa: BLE001 - once the stream has begun, an error is its last event
                 if not started:
@@ -305,16 +313,18 @@ def _handler(server: ModelServer, verbose: bool):
                 try:
                     self.wfile.write(b"data: " + json.dumps({"error": err}, ensure_ascii=False).encode() + b"\n\n")
                     self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     raise _ClientGone() from None
 
     return Handler
 
 
 def make_server(llm: LLM, host: str = "127.0.0.1", port: int = 8000, name: str = "default", verbose: bool = False,
-                max_body: int = MAX_BODY) -> ThreadingHTTPServer:
+                max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
     """A ready ``ThreadingHTTPServer`` (call ``serve_forever()``); ``port=0`` picks a free port
-    (``httpd.server_address[1]``). Request bodies over ``max_body`` bytes are answered 413."""
-    httpd = ThreadingHTTPServer((host, port), _handler(ModelServer(llm, name, max_body), verbose))
+    (``httpd.server_address[1]``). Request bodies over ``max_body`` bytes are answered 413; a
+    connection that sends nothing for ``read_timeout`` seconds while its request is read is dropped
+    (408 when the body stopped short of its Content-Length)."""
+    httpd = ThreadingHTTPServer((host, port), _handler(ModelServer(llm, name, max_body), verbose, read_timeout))
     httpd.daemon_threads = True
     return httpd

@@ -333,3 +333,25 @@ def test_malformed_usage_is_a_bad_response(odd, model):
 def test_malformed_stream_event_is_a_bad_response(odd, model):
     with pytest.raises(LLMServerError, match=r"bad (event in the stream|response) from .*/v1/chat/completions"):
         HTTPLLM(odd, model=model, context_length=512).generate_stream("q", lambda t: None)
+
+
+def test_body_shorter_than_its_content_length_is_408_after_the_read_timeout(serve):
+    """A client that promises more bytes than it sends no longer holds its server thread forever."""
+    model = FakeLLM(responses=["hello"])
+    port = serve(model, read_timeout=0.5)
+    t0 = time.monotonic()
+    out = _raw(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n" b'{"prompt": "hi"}')
+    assert time.monotonic() - t0 < 5
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 408 ")
+    assert _message(body) == ("the request body stopped arriving: Content-Length says 500 bytes and nothing more came for "
+                              "0.5 s (ctxflow serve --read-timeout).")
+    assert model.n_calls == 0
+    assert _post(port, "/v1/completions", {"prompt": "hi"})[0] == 200  # the server still answers
+
+
+def test_silent_connection_is_closed_after_the_read_timeout(serve):
+    port = serve(FakeLLM(responses=["hello"]), read_timeout=0.5)
+    t0 = time.monotonic()
+    assert _raw(port, b"POST /v1/completions HTTP/1.1\r\n") == b""  # headers never finished: dropped, no answer
+    assert time.monotonic() - t0 < 5
