@@ -18,10 +18,14 @@ def docx_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
     """Paragraphs in body order, also inside content controls (``w:sdt``) and custom XML; tables row
     by row (cells separated by `` | ``, a table inside a cell flattened into it); text boxes as
     their own lines after their paragraph. Paragraphs styled ``Heading N`` or ``Title`` become
-    Markdown headings, list paragraphs ``- `` items. Deleted and moved-away text is left out."""
+    Markdown headings, list paragraphs ``- `` items. Deleted and moved-away text is left out.
+    Footnotes and endnotes are marked where they are referenced (``[^1]``, ``[^e1]``, numbered in
+    reading order as Word shows them) and their text follows the body as ``[^1]: ...`` lines.
+    Headers, footers and comments are not read (page furniture and review remarks)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             root = ET.fromstring(read_member(z, "word/document.xml", name))
+            notes = {kind: _notes(z, kind, name) for kind in ("footnote", "endnote")}
     except DocumentError:
         raise
     except (KeyError, ET.ParseError, zipfile.BadZipFile, OSError, RuntimeError, EOFError, zlib.error) as exc:
@@ -31,8 +35,18 @@ def docx_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
         raise DocumentError(f"{name} is a DOCX without a WordprocessingML body (a Strict OOXML file? save it as a "
                             "standard .docx).")
     lines: list[str] = []
-    _docx_blocks(body, lines)
-    text = "\n".join(lines).strip("\n")
+    refs: list[tuple[str, str]] = []  # (kind, id) of each note reference, in reading order
+    _docx_blocks(body, lines, refs)
+    marks: dict[tuple[str, str], str] = {}
+    count = {"footnote": 0, "endnote": 0}
+    for kind, nid in refs:  # numbered per kind in reading order, as Word shows them; a note without text gets no mark
+        if (kind, nid) not in marks and notes[kind].get(nid):
+            count[kind] += 1
+            marks[kind, nid] = f"[^{'e' if kind == 'endnote' else ''}{count[kind]}]"
+    text = _PLACEHOLDER.sub(lambda m: marks.get((m.group(1), m.group(2)), ""), "\n".join(lines).strip("\n"))
+    tail = [f"{mark}: {notes[kind][nid]}" for (kind, nid), mark in marks.items()]
+    if tail:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(tail)
     text = re.sub(r"\n{3,}", "\n\n", text)
     if not text.strip():
         raise DocumentError(f"{name} is a DOCX with no text.")
@@ -42,35 +56,57 @@ def docx_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
 _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
 _CONTAINERS = {f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml", f"{_W}smartTag", f"{_W}ins", f"{_W}moveTo"}
 _GONE = {f"{_W}del", f"{_W}moveFrom", _MC_FALLBACK, f"{_W}sdtPr", f"{_W}sdtEndPr"}
+_NOTE_REFS = {f"{_W}footnoteReference": "footnote", f"{_W}endnoteReference": "endnote"}
+_PLACEHOLDER = re.compile("\x00(footnote|endnote):([^\x00]*)\x00")  # XML text never holds NUL
 
 
-def _docx_blocks(parent: Any, lines: list[str]) -> None:
+def _placeholder(kind: str, nid: str) -> str:
+    return f"\x00{kind}:{nid}\x00"  # stands in for the marker until every reference is numbered
+
+
+def _notes(z: zipfile.ZipFile, kind: str, name: str) -> dict[str, str]:
+    """The text of each footnote or endnote by its id (``word/footnotes.xml``; none when absent)."""
+    try:
+        root = ET.fromstring(read_member(z, f"word/{kind}s.xml", name))
+    except KeyError:
+        return {}
+    out = {}
+    for note in root.iter(f"{_W}{kind}"):
+        if note.get(f"{_W}type") in (None, "normal"):  # not the separator lines
+            lines: list[str] = []
+            _docx_blocks(note, lines, [])
+            text = " ".join(" ".join(line.split()) for line in lines if line.strip())
+            out[note.get(f"{_W}id") or ""] = _PLACEHOLDER.sub("", text)  # a note inside a note is not numbered
+    return out
+
+
+def _docx_blocks(parent: Any, lines: list[str], refs: list[tuple[str, str]]) -> None:
     for el in parent:
         if el.tag == f"{_W}p":
-            _docx_para(el, lines)
+            _docx_para(el, lines, refs)
         elif el.tag == f"{_W}tbl":
             for tr in el.findall(f"{_W}tr"):
-                cells = [_docx_cell(tc) for tc in tr.findall(f"{_W}tc")]
+                cells = [_docx_cell(tc, refs) for tc in tr.findall(f"{_W}tc")]
                 if any(cells):
                     lines.append(" | ".join(cells))
             lines.append("")
         elif el.tag in _CONTAINERS:
-            _docx_blocks(el, lines)
+            _docx_blocks(el, lines, refs)
 
 
-def _docx_cell(tc: Any) -> str:
+def _docx_cell(tc: Any, refs: list[tuple[str, str]]) -> str:
     parts: list[str] = []
     for el in tc:
         if el.tag == f"{_W}p":
-            parts.append(_docx_runs(el)[0])
+            parts.append(_docx_runs(el, refs)[0])
         elif el.tag == f"{_W}tbl":  # a table in a cell: its cells in order, flattened into this one
-            parts.extend(_docx_cell(c) for tr in el.findall(f"{_W}tr") for c in tr.findall(f"{_W}tc"))
+            parts.extend(_docx_cell(c, refs) for tr in el.findall(f"{_W}tr") for c in tr.findall(f"{_W}tc"))
         elif el.tag in _CONTAINERS:
-            parts.append(_docx_cell(el))
+            parts.append(_docx_cell(el, refs))
     return " ".join(p.strip() for p in parts if p.strip())
 
 
-def _docx_runs(p: Any) -> tuple[str, list[Any]]:
+def _docx_runs(p: Any, refs: list[tuple[str, str]]) -> tuple[str, list[Any]]:
     """A paragraph's text, and the text-box paragraphs found inside it (emitted after it)."""
     out: list[str] = []
     boxes: list[Any] = []
@@ -91,14 +127,17 @@ def _docx_runs(p: Any) -> tuple[str, list[Any]]:
                 out.append("\n")
             elif tag == f"{_W}noBreakHyphen":
                 out.append("-")
+            elif tag in _NOTE_REFS:
+                refs.append((_NOTE_REFS[tag], ch.get(f"{_W}id") or ""))
+                out.append(_placeholder(*refs[-1]))
             walk(ch)
 
     walk(p)
     return "".join(out), boxes
 
 
-def _docx_para(p: Any, lines: list[str]) -> None:
-    raw, boxes = _docx_runs(p)
+def _docx_para(p: Any, lines: list[str], refs: list[tuple[str, str]]) -> None:
+    raw, boxes = _docx_runs(p, refs)
     text = raw.strip()
     if text:
         style = p.find(f"{_W}pPr/{_W}pStyle")
@@ -112,5 +151,5 @@ def _docx_para(p: Any, lines: list[str]) -> None:
         else:
             lines += [text, ""]
     for box in boxes:  # text boxes: their own paragraphs, after the one that anchors them
-        _docx_para(box, lines)
+        _docx_para(box, lines, refs)
 

@@ -70,8 +70,11 @@ def docx_table(rows: list[list[str]]) -> str:
     return "<w:tbl>" + "".join("<w:tr>" + "".join(f"<w:tc>{docx_para(c)}</w:tc>" for c in r) + "</w:tr>" for r in rows) + "</w:tbl>"
 
 
-def make_docx(body_xml: list[str], path: Path) -> Path:
+def make_docx(body_xml: list[str], path: Path, parts: dict[str, str] | None = None) -> Path:
+    """A DOCX package with this body; ``parts`` adds other members (e.g. ``word/footnotes.xml``)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for member, xml in (parts or {}).items():
+            z.writestr(member, xml)
         z.writestr("[Content_Types].xml",
                    '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
                    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'

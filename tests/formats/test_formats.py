@@ -110,6 +110,28 @@ def test_docx_paragraphs_headings_lists_tables(tmp_path):
     assert doc.text == "# Report\n\n## Scope\n\nFirst part of text.\n\n- item a\n- item b\nk | v\nx | 1\n\nLast."
 
 
+def test_docx_footnotes_and_endnotes_follow_the_body(tmp_path):
+    from .files import _W as W_NS
+
+    def ref(kind, nid):
+        return f'<w:r><w:{kind}Reference w:id="{nid}"/></w:r>'
+
+    def notes(kind, items):
+        sep = f'<w:{kind} w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:{kind}>'
+        return (f'<?xml version="1.0"?><w:{kind}s {W_NS}>{sep}' + "".join(
+            f'<w:{kind} w:id="{nid}"><w:p><w:r><w:{kind}Ref/></w:r><w:r><w:t xml:space="preserve"> {text}</w:t></w:r></w:p>'
+            f'</w:{kind}>' for nid, text in items) + f"</w:{kind}s>")
+
+    body = [f"<w:p><w:r><w:t>Kluges abound.</w:t></w:r>{ref('footnote', 7)}</w:p>",
+            f"<w:p><w:r><w:t>See also</w:t></w:r>{ref('footnote', 3)}<w:r><w:t> and hacks.</w:t></w:r>{ref('endnote', 2)}</w:p>"]
+    parts = {"word/footnotes.xml": notes("footnote", [(3, "Second note."), (7, "First note, in 1962.")]),
+             "word/endnotes.xml": notes("endnote", [(2, "An endnote.")])}
+    doc = read_document(make_docx(body, tmp_path / "n.docx", parts))
+    assert doc.text == ("Kluges abound.[^1]\n\nSee also[^2] and hacks.[^e1]\n\n"
+                        "[^1]: First note, in 1962.\n[^2]: Second note.\n[^e1]: An endnote.")
+    assert read_document(make_docx(body[:1], tmp_path / "m.docx")).text == "Kluges abound."  # no notes part: no mark
+
+
 def test_other_zip_and_binary_are_refused(tmp_path):
     import zipfile
 
