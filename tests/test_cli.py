@@ -83,3 +83,47 @@ def test_ask_says_why_a_very_long_question_is_slow(tmp_path, capsys):
 def test_ask_store_refuses_an_executor(tmp_path, capsys):
     assert main(["ask", "--store", str(tmp_path / "s"), "What?", "--executor", "local"]) == 2
     assert "--executor cannot be combined with --store" in capsys.readouterr().err
+
+
+def test_wheel_ships_every_module_and_the_data_files_the_code_reads(tmp_path):
+    """What `pip install ctxflow` gets: a wheel built from the source tree holds every module under
+    ctxflow/, the recipes (as ctxflow.pipelines) and the MoA plans, and nothing from tests/ or bench/;
+    from another folder, with only the wheel's ctxflow importable, every recipe loads by name."""
+    import shutil
+    import zipfile
+
+    import pytest
+
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    for d in ("ctxflow", "pipelines", "tests", "bench"):  # tests/bench: to see that none of them leak in
+        shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "results"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                          str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (whl,) = (tmp_path / "dist").glob("ctxflow-*.whl")
+    names = set(zipfile.ZipFile(whl).namelist())
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ctxflow").rglob("*.py")}
+    recipes = {f"ctxflow/pipelines/{p.name}" for p in (ROOT / "pipelines").glob("*.yaml")}
+    plans = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ctxflow" / "attention" / "plans").glob("*.json")}
+    assert recipes and plans
+    assert modules - names == set() and recipes - names == set() and plans - names == set()
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == {"ctxflow"}  # no tests/, bench/
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(whl).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import sys, ctxflow; from ctxflow.cli import default_pipeline; from ctxflow.attention.rules import shipped_plans\n"
+            "print(ctxflow.__file__); print(default_pipeline().parent); print(','.join(shipped_plans()))\n"
+            "for name in sys.argv[1:]: print(ctxflow.load(name).name)\n")
+    stems = sorted(p.stem for p in (ROOT / "pipelines").glob("*.yaml"))
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-c", code, *stems], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.split()
+    assert lines[0].startswith(str(site)) and lines[1] == str(site / "ctxflow" / "pipelines")
+    assert lines[2] == ",".join(sorted(p.rsplit("/", 1)[1][:-5] for p in plans)) and lines[3:] == stems

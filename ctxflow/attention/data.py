@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..eval.lines import make_lines_task
 
 JARGON = Path(__file__).resolve().parents[2] / "examples" / "data" / "jargon.txt"
@@ -29,6 +30,10 @@ _ENTRY = re.compile(r"^   :([^:\n]{2,40}):", re.M)
 
 def jargon_text(part: str = "calibration") -> str:
     """The first two thirds (``calibration``) or the last third (``eval``) of the Jargon File."""
+    if not JARGON.is_file():  # an installed wheel: the 1.7 MB text stays in the source checkout
+        raise UserError(f"the MoA calibration and evaluation text is missing ({JARGON}): it is examples/data/jargon.txt of "
+                        "ctxflow's source checkout and does not ship with the package; run the moa commands from a "
+                        "checkout (pip install -e .).")
     text = JARGON.read_text(errors="replace")
     cut = 2 * len(text) // 3
     cut = text.index("\n   :", cut) + 1  # start the eval part on an entry

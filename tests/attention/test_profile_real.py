@@ -99,3 +99,13 @@ def test_moa_profile_and_search_cli_end_to_end(llm, tmp_path, capsys):
     assert "not found: run `ctxflow moa profile" in capsys.readouterr().err
     assert main(["moa", "profile", "--lengths", "256,x", "-o", str(prof)]) == 2
     assert "--lengths must be comma-separated integers" in capsys.readouterr().err
+
+
+def test_missing_calibration_text_is_a_user_error_naming_the_file(tmp_path, monkeypatch):
+    # an installed wheel has no examples/ folder beside the package
+    from ctxflow.attention import data
+    from ctxflow.errors import UserError
+
+    monkeypatch.setattr(data, "JARGON", tmp_path / "examples" / "data" / "jargon.txt")
+    with pytest.raises(UserError, match=r"calibration and evaluation text is missing \(.*jargon.txt\).*source checkout"):
+        data.jargon_text("eval")
