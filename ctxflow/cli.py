@@ -10,7 +10,8 @@
     ctxflow bench lines --lines 200,400,600 --per N [--pipeline FILE] [--json OUT]
     ctxflow --version
 
-User mistakes print one message on stderr and exit with status 2, never a traceback.
+User mistakes print one message on stderr and exit with status 2, never a traceback; a file the
+system refuses to read or write (permission, disk full) prints one message and exits with status 1.
 """
 from __future__ import annotations
 
@@ -393,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a file or folder the system refuses (permission, disk full, read-only): say which
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,3 +83,38 @@ def test_ask_says_why_a_very_long_question_is_slow(tmp_path, capsys):
 def test_ask_store_refuses_an_executor(tmp_path, capsys):
     assert main(["ask", "--store", str(tmp_path / "s"), "What?", "--executor", "local"]) == 2
     assert "--executor cannot be combined with --store" in capsys.readouterr().err
+
+
+def _refuse_reading(monkeypatch, path):
+    """Reading ``path`` fails as a file without read permission does (also when the tests run as root)."""
+    import pathlib
+
+    real_bytes, real_text = pathlib.Path.read_bytes, pathlib.Path.read_text
+
+    def guard(real):
+        def read(self, *a, **k):
+            if self.resolve() == Path(path).resolve():
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *a, **k)
+        return read
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", guard(real_bytes))
+    monkeypatch.setattr(pathlib.Path, "read_text", guard(real_text))
+
+
+def test_unreadable_files_are_one_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    doc, spec = tmp_path / "doc.txt", tmp_path / "p.yaml"
+    doc.write_text("hello")
+    spec.write_text(GOOD.read_text())
+    _refuse_reading(monkeypatch, doc)
+    for argv in (["text", str(doc)], ["ask", str(doc), "what?"], ["run", str(GOOD), "-i", f"document=@{doc}", "-i", "question=q"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read {doc}: Permission denied" in err, (argv, err)
+    _refuse_reading(monkeypatch, spec)
+    assert main(["validate", str(spec)]) == 2
+    assert f"{spec}: cannot read the pipeline file: Permission denied" in capsys.readouterr().err
+    # a folder the system refuses elsewhere (here: a store under a file): the path and why, status 1
+    assert main(["index", str(GOOD), "--store", str(GOOD / "store"), "-q"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {GOOD / 'store'}: Not a directory"
+

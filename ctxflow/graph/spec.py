@@ -314,6 +314,8 @@ def load(path: str | os.PathLike, local_model: str | None = None) -> Pipeline:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text (byte {exc.start}); a pipeline file is UTF-8 YAML.", str(path)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the pipeline file: {exc.strerror or exc}.", str(path)) from None
     return loads(text, str(path), local_model)
 
 
