@@ -81,11 +81,16 @@ def _parse_inputs(items: Sequence[str]) -> dict[str, Any]:
         if "=" not in it:
             raise UserError(f"--input {it!r} must be NAME=VALUE or NAME=@FILE.")
         name, value = it.split("=", 1)
+        name = name.strip()
+        if not name:
+            raise UserError(f"--input {it!r} has no NAME before '=': write NAME=VALUE or NAME=@FILE.")
+        if name in out:
+            raise UserError(f"--input {name} is given twice; give each input once.")
         if value.startswith("@"):
             from .io import read_document
 
             value = read_document(value[1:])
-        out[name.strip()] = value
+        out[name] = value
     return out
 
 
@@ -170,8 +175,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     _apply_executor(p, args)
     inputs = _parse_inputs(args.input)
     res = _run_pipeline(p, inputs, args.quiet)
-    if args.trace:
-        Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
     if args.json:
         print(json.dumps({"outputs": jsonable(res.outputs), "trace": jsonable(res.trace)}, ensure_ascii=False))
     else:
@@ -182,6 +185,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 val = jsonable(v)
                 print(f"{k}: {val if isinstance(val, str) else json.dumps(val, ensure_ascii=False, indent=2)}")
+    if args.trace:  # after the outputs: a trace that cannot be written never costs the run's answer
+        sys.stdout.flush()
+        try:
+            Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
+        except OSError as exc:
+            raise CtxflowError(f"--trace {args.trace}: the trace could not be written ({exc.strerror or exc}); "
+                               "the outputs above are complete.") from None
     return 0
 
 

@@ -118,3 +118,30 @@ def test_unreadable_files_are_one_message_not_a_traceback(tmp_path, capsys, monk
     assert main(["index", str(GOOD), "--store", str(GOOD / "store"), "-q"]) == 1
     assert capsys.readouterr().err.strip() == f"error: {GOOD / 'store'}: Not a directory"
 
+
+def test_input_name_mistakes(capsys):
+    assert main(["run", str(GOOD), "-i", "=x", "-i", "question=q"]) == 2
+    assert "--input '=x' has no NAME before '='" in capsys.readouterr().err
+    assert main(["run", str(GOOD), "-i", "document=a", "-i", "document=b", "-i", "question=q"]) == 2
+    assert "--input document is given twice" in capsys.readouterr().err
+
+
+def test_a_trace_that_cannot_be_written_keeps_the_outputs(tmp_path, capsys, monkeypatch):
+    import pathlib
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text("version: 1\ncomponents:\n  chunk: {type: chunk.sentences, size: 8}\n"
+                    "inputs: {document: chunk.text}\noutputs: {chunks: chunk.chunks}\n")
+    trace = tmp_path / "trace.json"
+    real = pathlib.Path.write_text
+
+    def full_disk(self, *a, **k):
+        if self == trace:
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    assert main(["run", str(spec), "-i", "document=One. Two.", "--json", "--trace", str(trace), "-q"]) == 1
+    out, err = capsys.readouterr()
+    assert [c["text"] for c in json.loads(out)["outputs"]["chunks"]] == ["One. Two."]
+    assert "--trace" in err and "No space left on device" in err and "outputs above are complete" in err
