@@ -245,3 +245,18 @@ def test_a_control_character_is_located():
     with pytest.raises(SpecError, match="control character '\\\\x00'") as ei:
         ctxflow.loads("version: 1\ncomponents:\n  c: {type: chunk.tokens}\x00\n", "nul.yaml")
     assert (ei.value.line, ei.value.column) == (3, 26)
+
+
+def test_a_model_given_as_a_path_in_python_dumps_and_loads_back(tmp_path):
+    from ctxflow.aggregate.stuff import Stuff
+    from ctxflow.llm.embed import STEmbedder
+    from ctxflow.llm.local import LocalLM
+    from ctxflow.memory.cosine import CosineMemory
+
+    p = ctxflow.Pipeline(models={"llm": LocalLM(model=tmp_path / "my-model"), "embed": STEmbedder(model=tmp_path / "emb")})
+    p.add("bank", CosineMemory(embedder="embed"))
+    p.add("answer", Stuff(llm="llm"))
+    p.connect("bank.hits", "answer.chunks")
+    p.expose_input("question", "bank.query", "answer.question")
+    q = ctxflow.loads(p.dumps())
+    assert q == p and q.models["llm"].model_name == str(tmp_path / "my-model")
