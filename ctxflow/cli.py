@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -28,16 +29,20 @@ from .errors import CtxflowError, UserError
 
 # -- helpers ----------------------------------------------------------------------------------
 def jsonable(v: Any) -> Any:
+    """``v`` as plain JSON data: strict JSON (NaN and infinities become null), numpy values as numbers,
+    anything else as its text; also inside an Answer's trace or meta, which a component fills freely."""
     if hasattr(v, "model_dump"):
-        return v.model_dump(mode="json")
+        return jsonable(v.model_dump())
     if isinstance(v, dict):
         return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, (list, tuple, set, frozenset)):
         return [jsonable(x) for x in v]
-    if isinstance(v, (str, int, float, bool)) or v is None:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (str, int, bool)) or v is None:
         return v
     if hasattr(v, "tolist"):
-        return v.tolist()
+        return jsonable(v.tolist())
     return str(v)
 
 

@@ -145,3 +145,18 @@ def test_a_trace_that_cannot_be_written_keeps_the_outputs(tmp_path, capsys, monk
     out, err = capsys.readouterr()
     assert [c["text"] for c in json.loads(out)["outputs"]["chunks"]] == ["One. Two."]
     assert "--trace" in err and "No space left on device" in err and "outputs above are complete" in err
+
+
+def test_json_output_is_strict_json_whatever_a_component_puts_in_its_answer():
+    import math
+
+    import numpy as np
+
+    from ctxflow.cli import jsonable
+    from ctxflow.types import Answer, Citation
+
+    ans = Answer(text="x", citations=[Citation(doc_id="d", start=0, end=1, text="x", score=float("nan"))], score=-math.inf,
+                 trace={"gain": np.float32(0.5), "scores": np.array([1.5, np.inf]), "seen": {"a"}})
+    d = json.loads(json.dumps(jsonable(ans), allow_nan=False))
+    assert d["score"] is None and d["citations"][0]["score"] is None
+    assert d["trace"] == {"gain": 0.5, "scores": [1.5, None], "seen": ["a"]}
