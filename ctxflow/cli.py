@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_text)
 
     b = sub.add_parser("bench", help="benchmarks (lines retrieval)")
+    b.set_defaults(fn=cmd_bench)  # `ctxflow bench` alone: bench_main says which benchmarks exist
     bsub = b.add_subparsers(dest="task", metavar="TASK")
     bl = bsub.add_parser("lines", help="LongEval lines retrieval through a pipeline and the full-context baseline")
     bl.add_argument("--lines", default="200,400,600", help="comma-separated record lengths")

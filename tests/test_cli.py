@@ -160,3 +160,8 @@ def test_json_output_is_strict_json_whatever_a_component_puts_in_its_answer():
     d = json.loads(json.dumps(jsonable(ans), allow_nan=False))
     assert d["score"] is None and d["citations"][0]["score"] is None
     assert d["trace"] == {"gain": 0.5, "scores": [1.5, None], "seen": ["a"]}
+
+
+def test_bench_without_a_task_names_the_benchmarks(capsys):
+    assert main(["bench"]) == 2
+    assert "choose a benchmark: ctxflow bench lines" in capsys.readouterr().err
