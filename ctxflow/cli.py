@@ -10,12 +10,14 @@
     ctxflow bench lines --lines 200,400,600 --per N [--pipeline FILE] [--json OUT]
     ctxflow --version
 
-User mistakes print one message on stderr and exit with status 2, never a traceback.
+User mistakes print one message on stderr and exit with status 2, never a traceback; a file the
+system refuses to read or write (permission, disk full) prints one message and exits with status 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -27,16 +29,20 @@ from .errors import CtxflowError, UserError
 
 # -- helpers ----------------------------------------------------------------------------------
 def jsonable(v: Any) -> Any:
+    """``v`` as plain JSON data: strict JSON (NaN and infinities become null), numpy values as numbers,
+    anything else as its text; also inside an Answer's trace or meta, which a component fills freely."""
     if hasattr(v, "model_dump"):
-        return v.model_dump(mode="json")
+        return jsonable(v.model_dump())
     if isinstance(v, dict):
         return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, (list, tuple, set, frozenset)):
         return [jsonable(x) for x in v]
-    if isinstance(v, (str, int, float, bool)) or v is None:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (str, int, bool)) or v is None:
         return v
     if hasattr(v, "tolist"):
-        return v.tolist()
+        return jsonable(v.tolist())
     return str(v)
 
 
@@ -80,11 +86,16 @@ def _parse_inputs(items: Sequence[str]) -> dict[str, Any]:
         if "=" not in it:
             raise UserError(f"--input {it!r} must be NAME=VALUE or NAME=@FILE.")
         name, value = it.split("=", 1)
+        name = name.strip()
+        if not name:
+            raise UserError(f"--input {it!r} has no NAME before '=': write NAME=VALUE or NAME=@FILE.")
+        if name in out:
+            raise UserError(f"--input {name} is given twice; give each input once.")
         if value.startswith("@"):
             from .io import read_document
 
             value = read_document(value[1:])
-        out[name.strip()] = value
+        out[name] = value
     return out
 
 
@@ -169,8 +180,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     _apply_executor(p, args)
     inputs = _parse_inputs(args.input)
     res = _run_pipeline(p, inputs, args.quiet)
-    if args.trace:
-        Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
     if args.json:
         print(json.dumps({"outputs": jsonable(res.outputs), "trace": jsonable(res.trace)}, ensure_ascii=False))
     else:
@@ -181,6 +190,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 val = jsonable(v)
                 print(f"{k}: {val if isinstance(val, str) else json.dumps(val, ensure_ascii=False, indent=2)}")
+    if args.trace:  # after the outputs: a trace that cannot be written never costs the run's answer
+        sys.stdout.flush()
+        try:
+            Path(args.trace).write_text(json.dumps(jsonable(res.trace), indent=2), encoding="utf-8")
+        except OSError as exc:
+            raise CtxflowError(f"--trace {args.trace}: the trace could not be written ({exc.strerror or exc}); "
+                               "the outputs above are complete.") from None
     return 0
 
 
@@ -312,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_text)
 
     b = sub.add_parser("bench", help="benchmarks (lines retrieval)")
+    b.set_defaults(fn=cmd_bench)  # `ctxflow bench` alone: bench_main says which benchmarks exist
     bsub = b.add_subparsers(dest="task", metavar="TASK")
     bl = bsub.add_parser("lines", help="LongEval lines retrieval through a pipeline and the full-context baseline")
     bl.add_argument("--lines", default="200,400,600", help="comma-separated record lengths")
@@ -393,6 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a file or folder the system refuses (permission, disk full, read-only): say which
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,10 @@ def read_document(path: str | Path) -> Document:
         raise DocumentError(f"document not found: {path}")
     if path.is_dir():
         raise DocumentError(f"{path} is a directory; give a text file (or use 'ctxflow index' / 'ctxflow summarize' for folders).")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # no permission, a FIFO or device that fails, ...
+        raise DocumentError(f"cannot read {path}: {exc.strerror or exc}.") from None
     return document_from_bytes(data, str(path))
 
 

@@ -124,3 +124,85 @@ def test_wheel_ships_every_module_and_the_data_files_the_code_reads(tmp_path):
     lines = run.stdout.split()
     assert lines[0].startswith(str(site)) and lines[1] == str(site / "ctxflow" / "pipelines")
     assert lines[2] == ",".join(sorted(p.rsplit("/", 1)[1][:-5] for p in plans)) and lines[3:] == stems
+
+
+def _refuse_reading(monkeypatch, path):
+    """Reading ``path`` fails as a file without read permission does (also when the tests run as root)."""
+    import pathlib
+
+    real_bytes, real_text = pathlib.Path.read_bytes, pathlib.Path.read_text
+
+    def guard(real):
+        def read(self, *a, **k):
+            if self.resolve() == Path(path).resolve():
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *a, **k)
+        return read
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", guard(real_bytes))
+    monkeypatch.setattr(pathlib.Path, "read_text", guard(real_text))
+
+
+def test_unreadable_files_are_one_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    doc, spec = tmp_path / "doc.txt", tmp_path / "p.yaml"
+    doc.write_text("hello")
+    spec.write_text(GOOD.read_text())
+    _refuse_reading(monkeypatch, doc)
+    for argv in (["text", str(doc)], ["ask", str(doc), "what?"], ["run", str(GOOD), "-i", f"document=@{doc}", "-i", "question=q"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read {doc}: Permission denied" in err, (argv, err)
+    _refuse_reading(monkeypatch, spec)
+    assert main(["validate", str(spec)]) == 2
+    assert f"{spec}: cannot read the pipeline file: Permission denied" in capsys.readouterr().err
+    # a folder the system refuses elsewhere (here: a store under a file): the path and why, status 1
+    assert main(["index", str(GOOD), "--store", str(GOOD / "store"), "-q"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {GOOD / 'store'}: Not a directory"
+
+
+def test_input_name_mistakes(capsys):
+    assert main(["run", str(GOOD), "-i", "=x", "-i", "question=q"]) == 2
+    assert "--input '=x' has no NAME before '='" in capsys.readouterr().err
+    assert main(["run", str(GOOD), "-i", "document=a", "-i", "document=b", "-i", "question=q"]) == 2
+    assert "--input document is given twice" in capsys.readouterr().err
+
+
+def test_a_trace_that_cannot_be_written_keeps_the_outputs(tmp_path, capsys, monkeypatch):
+    import pathlib
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text("version: 1\ncomponents:\n  chunk: {type: chunk.sentences, size: 8}\n"
+                    "inputs: {document: chunk.text}\noutputs: {chunks: chunk.chunks}\n")
+    trace = tmp_path / "trace.json"
+    real = pathlib.Path.write_text
+
+    def full_disk(self, *a, **k):
+        if self == trace:
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    assert main(["run", str(spec), "-i", "document=One. Two.", "--json", "--trace", str(trace), "-q"]) == 1
+    out, err = capsys.readouterr()
+    assert [c["text"] for c in json.loads(out)["outputs"]["chunks"]] == ["One. Two."]
+    assert "--trace" in err and "No space left on device" in err and "outputs above are complete" in err
+
+
+def test_json_output_is_strict_json_whatever_a_component_puts_in_its_answer():
+    import math
+
+    import numpy as np
+
+    from ctxflow.cli import jsonable
+    from ctxflow.types import Answer, Citation
+
+    ans = Answer(text="x", citations=[Citation(doc_id="d", start=0, end=1, text="x", score=float("nan"))], score=-math.inf,
+                 trace={"gain": np.float32(0.5), "scores": np.array([1.5, np.inf]), "seen": {"a"}})
+    d = json.loads(json.dumps(jsonable(ans), allow_nan=False))
+    assert d["score"] is None and d["citations"][0]["score"] is None
+    assert d["trace"] == {"gain": 0.5, "scores": [1.5, None], "seen": ["a"]}
+
+
+def test_bench_without_a_task_names_the_benchmarks(capsys):
+    assert main(["bench"]) == 2
+    assert "choose a benchmark: ctxflow bench lines" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def cmd_search(args) -> int:
         raise UserError(f"--density must be in (0, 1], got {args.density}")
     try:
         prof = load_profile(args.profile)
-    except FileNotFoundError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     if args.lengths:
         keep = _ints(args.lengths, "--lengths")

@@ -152,4 +152,10 @@ def load_profile(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"profile {str(p)!r} not found: run `ctxflow moa profile -o {p}` first")
-    return torch.load(p, weights_only=True)  # tensors and plain data only: never runs code from the file
+    try:
+        prof = torch.load(p, weights_only=True)  # tensors and plain data only: never runs code from the file
+    except Exception as exc:  # not a torch file, or one holding objects: say so (torch's text suggests weights_only=False)
+        raise ValueError(f"{str(p)!r} is not a profile written by `ctxflow moa profile` ({type(exc).__name__})") from None
+    if not isinstance(prof, dict) or "maps" not in prof:
+        raise ValueError(f"{str(p)!r} is not a profile written by `ctxflow moa profile` (no 'maps')")
+    return prof

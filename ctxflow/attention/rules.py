@@ -165,6 +165,8 @@ class Plan:
             d = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"attention plan {str(p)!r} is not valid JSON: {exc}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"attention plan {str(p)!r} is not a JSON text file (it is not UTF-8)") from None
         try:
             return cls.from_dict(d)
         except ValueError as exc:

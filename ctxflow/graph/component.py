@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import reprlib
 import typing
 from dataclasses import dataclass
 from typing import Any, Annotated, ClassVar, Union, get_args, get_origin
@@ -159,9 +160,38 @@ def params_model(cls: type):
             continue
         t = hints.get(name, Any)
         fields[name] = (t, ... if p.default is _MISSING else p.default)
+    # allow_inf_nan=False: YAML's .nan / .inf are no value for any parameter (a timeout, a threshold)
     return create_model(
-        f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=False), **fields
+        f"{cls.__name__}Params",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=False, allow_inf_nan=False), **fields
     )
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 120, 120, 2, 4, 4
+
+
+def short_repr(v: Any) -> str:
+    """``repr(v)`` cut to a few lines: a value quoted in an error message may be huge (a YAML alias
+    bomb expands to billions of items when printed in full)."""
+    return _SHORT.repr(v)
+
+
+def _branches(t: Any) -> list[Any]:
+    """The plain types a parameter annotated ``t`` takes (``Annotated`` and unions unwrapped)."""
+    if getattr(t, "__metadata__", None):
+        return _branches(get_args(t)[0])
+    origin = get_origin(t)
+    if origin is Union or str(origin) == "<class 'types.UnionType'>":
+        return [b for a in get_args(t) for b in _branches(a)]
+    return [t]
+
+
+def _number_not_bool(t: Any) -> bool:
+    """Is ``t`` a number type that does not also take true/false? (pydantic would read
+    ``max_context: true`` as 1 for a plain ``int``.)"""
+    b = _branches(t)
+    return any(x in (int, float) for x in b) and not any(x is bool or x is Any or x is object for x in b)
 
 
 def _bounds(meta: tuple) -> str:
@@ -198,6 +228,13 @@ def validate_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
 
     The error carries ``.param`` (the offending parameter name) so YAML errors can point at its line."""
     model = params_model(cls)
+    for k, v in params.items():
+        f = model.model_fields.get(k)
+        if isinstance(v, bool) and f is not None and _number_not_bool(f.annotation):
+            e = SpecError(f"parameter {k!r} of {cls.type_name or cls.__name__}: expected {describe_type(f.annotation) + _bounds((f,))}, "
+                          f"got {v!r} (expected a number, not true/false).")
+            e.param = k  # type: ignore[attr-defined]
+            raise e
     try:
         obj = model(**params)
     except ValidationError as exc:
@@ -212,7 +249,7 @@ def validate_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
             f = model.model_fields.get(str(loc))
             expected = describe_type(f.annotation) + _bounds((f,)) if f is not None else "?"
             why = "" if err["type"] in ("greater_than_equal", "greater_than", "less_than_equal", "less_than") else f" ({err['msg']})"
-            msg = f"parameter {loc!r} of {cls.type_name or cls.__name__}: expected {expected}, got {params.get(loc)!r}{why}."
+            msg = f"parameter {loc!r} of {cls.type_name or cls.__name__}: expected {expected}, got {short_repr(params.get(loc))}{why}."
         e = SpecError(msg)
         e.param = loc  # type: ignore[attr-defined]
         raise e from None

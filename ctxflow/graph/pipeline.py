@@ -228,6 +228,8 @@ class Pipeline:
         """Make ``name`` a pipeline input feeding each ``component.socket`` in ``targets``."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise SpecError(f"invalid pipeline input name {name!r}.")
+        if not targets:
+            raise SpecError(f"pipeline input {name!r} feeds no socket; give one or more 'component.socket' targets.")
         resolved = []
         for t in targets:
             c, s = self._resolve(t, "in")
@@ -331,13 +333,21 @@ class Pipeline:
                     per.setdefault(c, {})[s] = _check_input_value(key, value, self._in(c)[s].type, s)
             elif "." in key:
                 c, s = self._resolve(key, "in")
-                per.setdefault(c, {})[s] = value.text if isinstance(value, Document) else value
+                src = next((f"{a}.{d['out']}" for a, _, d in self.graph.in_edges(c, data=True) if d["inp"] == s), None)
+                also = next((n for n, fed in self.inputs.items() if f"{c}.{s}" in fed and n in inputs), None)
+                if src or also:
+                    raise UserError(f"input {key!r}: {c}.{s} is fed by {src or f'the pipeline input {also!r}'} already; "
+                                    f"a socket takes one value.")
+                per.setdefault(c, {})[s] = _check_input_value(key, value, self._in(c)[s].type, s)
             else:
                 valid = sorted(self.inputs) or ["component.socket"]
                 raise UserError(f"unknown pipeline input {key!r}.{suggest(key, self.inputs)} Valid inputs: {', '.join(valid)}.")
         return per
 
     def run(self, inputs: dict[str, Any] | None = None, subscribers: list[Subscriber] | None = None) -> RunResult:
+        if inputs is not None and not isinstance(inputs, dict):
+            raise UserError(f"run() takes a dict of inputs, got {type(inputs).__name__}: "
+                            f"p.run({{{', '.join(repr(n) + ': ...' for n in sorted(self.inputs)) or '...'}}}).")
         per = self._split_inputs(inputs or {})
         missing = [n for n in self.inputs if n not in (inputs or {}) and any(
             self._in(c)[s].required and s not in per.get(c, {}) for c, s in (t.split(".", 1) for t in self.inputs[n]))]

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import SpecError, UserError
-from .component import validate_params
+from .component import short_repr, validate_params
 from .pipeline import Pipeline
 from .registry import get_component, get_model, suggest
 
@@ -117,6 +117,11 @@ def _parse(text: str, file: str) -> tuple[Any, _Marks]:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(x for x in (exc.context, exc.problem) if x)
         raise SpecError(f"invalid YAML: {what}.", file, mark.line + 1 if mark else None, mark.column + 1 if mark else None) from None
+    except yaml.reader.ReaderError as exc:  # a control character (NUL, ...) the YAML reader refuses: where it is
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        ch = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise SpecError(f"invalid YAML: the control character {ch!r} is not allowed in a YAML file; remove it.", file, line, col) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML: {exc}", file, None) from None
     except RecursionError:
@@ -141,7 +146,7 @@ def _describe(v: Any) -> str:
         return "a list"
     if v is None:
         return "nothing"
-    return f"{v!r} ({type(v).__name__})"
+    return f"{short_repr(v)} ({type(v).__name__})"
 
 
 def loads(text: str, file: str = "<string>", local_model: str | None = None) -> Pipeline:
@@ -158,8 +163,8 @@ def loads(text: str, file: str = "<string>", local_model: str | None = None) -> 
             m["model"] = local_model
     if "version" not in data:
         raise marks.error("missing 'version': add 'version: 1' at the top of the file.")
-    if data.get("version") != 1:
-        raise marks.error(f"unsupported version {data.get('version')!r}: this ctxflow reads version 1.", ("version",))
+    if data.get("version") != 1 or isinstance(data.get("version"), bool):  # true == 1 in Python
+        raise marks.error(f"unsupported version {short_repr(data.get('version'))}: this ctxflow reads version 1.", ("version",))
     for k in data:
         if k not in _TOP_KEYS:
             raise marks.error(f"unknown top-level key {k!r}.{suggest(str(k), _TOP_KEYS)} Valid keys: {', '.join(_TOP_KEYS)}.", (k,), key=True)
@@ -309,6 +314,8 @@ def load(path: str | os.PathLike, local_model: str | None = None) -> Pipeline:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text (byte {exc.start}); a pipeline file is UTF-8 YAML.", str(path)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the pipeline file: {exc.strerror or exc}.", str(path)) from None
     return loads(text, str(path), local_model)
 
 

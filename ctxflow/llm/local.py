@@ -114,7 +114,7 @@ class LocalLM(GreyBox, LLM):
 
         self.attention = normalize_attention(attention)  # None = dense; see ctxflow.attention.backend
         self.rope_scaling = normalize_rope(rope_scaling)  # None = as trained; see ctxflow.attention.rope
-        self.model_name = model
+        self.model_name = os.fspath(model) if isinstance(model, os.PathLike) else model  # a Path dumps to YAML as text
         self.max_context = max_context
         self.dtype = dtype
         # CTXFLOW_DEVICE moves models declared on the default "cpu" (e.g. a YAML recipe) to another

@@ -82,6 +82,19 @@ def test_moa_eval_cli_refuses_bad_counts(capsys):
     assert "got 0 and 8" in capsys.readouterr().err
 
 
+def test_moa_cli_names_a_file_that_is_not_a_profile_or_plan(tmp_path, capsys):
+    from ctxflow.cli import main
+
+    text, binary = tmp_path / "notes.txt", tmp_path / "blob.bin"
+    text.write_text("not a profile\n")
+    binary.write_bytes(b"\x80\xb7\x00binary")
+    assert main(["moa", "search", str(text), "-o", str(tmp_path / "plan.json"), "--density", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"'{text}' is not a profile written by `ctxflow moa profile`" in err and "weights_only" not in err
+    assert main(["moa", "eval", "--plan", str(binary)]) == 2
+    assert f"attention plan '{binary}' is not a JSON text file" in capsys.readouterr().err
+
+
 def test_quality_table_rows_are_paired_over_the_same_windows(llm, full_plan):
     """Real model, short windows: every row scores the same held-back windows, so a full-window MoA
     plan matches dense window by window (gap and paired SE ~0) while a narrow streaming window is

@@ -264,3 +264,28 @@ def test_a_path_object_is_taken_for_a_path_socket(tmp_path):
     p.add("read", CodeRead())
     p.expose_input("path", "read.path")
     assert p.run({"path": Path(tmp_path)}).outputs["read.chunks"][0].meta["path"].endswith("m.py")
+
+
+def test_run_input_mistakes_in_python_are_clear_errors():
+    from ctxflow.errors import UserError
+
+    p = _linear(["words", "score", "join"])
+    for bad in (["a b"], "a b"):  # not a dict
+        with pytest.raises(UserError, match=r"run\(\) takes a dict of inputs, got .*'text': \.\.\."):
+            p.run(bad)
+    # a component.socket key is checked like a named input: text for a text socket ...
+    with pytest.raises(UserError, match=r"pipeline input 'words.text' must be text \(str\), got bytes"):
+        p.run({"words.text": b"a b"})
+    # ... and never silently dropped for (or doubling) a socket that is fed already
+    with pytest.raises(UserError, match="score.chunks is fed by words.chunks already"):
+        p.run({"text": "a b", "score.chunks": []})
+    with pytest.raises(UserError, match="words.text is fed by the pipeline input 'text' already"):
+        p.run({"text": "a b", "words.text": "c d"})
+    assert p.run({"words.text": "a b"})["joined"] == "a+b"
+
+
+def test_a_pipeline_input_feeding_nothing_is_refused_as_in_yaml():
+    p = _linear(["words", "score", "join"])
+    with pytest.raises(SpecError, match="pipeline input 'extra' feeds no socket"):
+        p.expose_input("extra")
+    assert Pipeline.__eq__(p, __import__("ctxflow").loads(p.dumps()))  # what Python builds, YAML loads back

@@ -204,3 +204,59 @@ def test_local_model_override_on_a_malformed_file_is_a_spec_error():
 
     with pytest.raises(SpecError, match="models"):
         loads("version: 1\nmodels: [a, b]\ncomponents:\n  c: {type: chunk.tokens}\n", local_model="default")
+
+
+def test_alias_bomb_given_as_a_parameter_is_a_quick_bounded_error():
+    """A 'billion laughs' list given for a number: the error quotes a few items, not 387 million."""
+    import time
+
+    lines = ["version: 1", "meta:", "  l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        lines.append(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    lines += ["components:", "  c: {type: chunk.tokens, size: *l9}", "inputs: {text: c.text}"]
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match="parameter 'size' of chunk.tokens: expected int") as ei:
+        ctxflow.loads("\n".join(lines) + "\n", "laughs.yaml")
+    assert time.perf_counter() - t0 < 5 and len(str(ei.value)) < 300 and ei.value.line == 12  # the anchor's line
+    with pytest.raises(SpecError, match="unsupported version") as ei:
+        ctxflow.loads("\n".join(lines[1:12] + ["version: *l9"] + lines[12:]) + "\n", "laughs.yaml")
+    assert len(str(ei.value)) < 300
+
+
+def test_true_is_not_version_1_nor_a_number_and_nan_inf_are_no_value():
+    from . import components  # noqa: F401  (registers test.echo)
+
+    with pytest.raises(SpecError, match="unsupported version True"):
+        ctxflow.loads("version: true\ncomponents: {e: {type: test.echo}}\ninputs: {text: e.text}\n", "v.yaml")
+    # plain `int` / `float` parameters of models (and components) too, not only the constrained ones
+    for model, param in [("{type: local, max_context: true}", "max_context"), ("{type: fake, context: yes}", "context"),
+                         ("{type: http, base_url: 'http://h:1', timeout: .inf}", "timeout"),
+                         ("{type: http, base_url: 'http://h:1', backoff: .nan}", "backoff")]:
+        text = f"version: 1\nmodels:\n  llm: {model}\ncomponents:\n  a: {{type: aggregate.stuff, llm: llm}}\ninputs: {{q: a.question, c: a.chunks}}\n"
+        with pytest.raises(SpecError, match=f"parameter '{param}' of .*(not true/false|finite number)") as ei:
+            ctxflow.loads(text, "m.yaml")
+        assert ei.value.line == 3
+    p = ctxflow.loads("version: 1\nmodels:\n  llm: {type: fake, echo: true}\ncomponents:\n  a: {type: aggregate.stuff, llm: llm}\n"
+                      "inputs: {q: a.question, c: a.chunks}\n", "ok.yaml")
+    assert p.models["llm"].echo is True  # a real bool parameter still takes true
+
+
+def test_a_control_character_is_located():
+    with pytest.raises(SpecError, match="control character '\\\\x00'") as ei:
+        ctxflow.loads("version: 1\ncomponents:\n  c: {type: chunk.tokens}\x00\n", "nul.yaml")
+    assert (ei.value.line, ei.value.column) == (3, 26)
+
+
+def test_a_model_given_as_a_path_in_python_dumps_and_loads_back(tmp_path):
+    from ctxflow.aggregate.stuff import Stuff
+    from ctxflow.llm.embed import STEmbedder
+    from ctxflow.llm.local import LocalLM
+    from ctxflow.memory.cosine import CosineMemory
+
+    p = ctxflow.Pipeline(models={"llm": LocalLM(model=tmp_path / "my-model"), "embed": STEmbedder(model=tmp_path / "emb")})
+    p.add("bank", CosineMemory(embedder="embed"))
+    p.add("answer", Stuff(llm="llm"))
+    p.connect("bank.hits", "answer.chunks")
+    p.expose_input("question", "bank.query", "answer.question")
+    q = ctxflow.loads(p.dumps())
+    assert q == p and q.models["llm"].model_name == str(tmp_path / "my-model")
