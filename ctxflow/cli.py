@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("ask", help="answer a question about a document, with citations")
     a.add_argument("positional", nargs="+", metavar="DOC QUESTION",
-                   help="a document (file or folder) and a question; with --store, only the question")
+                   help="a document (file or folder; - reads it from standard input) and a question; with --store, only the question")
     a.add_argument("--store", "-s", metavar="DIR", help="answer from a persisted store made by `ctxflow index`")
     a.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     a.add_argument("--pipeline", "-p", help="pipeline file (default: pipelines/book_qa.yaml for a file, "
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(fn=cmd_ask)
 
     t = sub.add_parser("text", help="print the text ctxflow reads from a file (PDF, HTML, EPUB, DOCX converted)")
-    t.add_argument("file")
+    t.add_argument("file", help="the file (- reads standard input)")
     t.add_argument("--json", action="store_true", help="print {text, meta} (format, page offsets, sections) as JSON")
     t.set_defaults(fn=cmd_text)
 

@@ -8,13 +8,24 @@ Documented fallback: invalid UTF-8 bytes are replaced by U+FFFD and the count is
 (a warning on stderr in the CLI, ``Document.meta["replaced_bytes"]`` in Python)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .errors import DocumentError
 from .types import Document
 
+STDIN = "-"  # the path that reads a document from standard input (``cat book.txt | ctxflow ask - "Q"``)
+
 
 def read_document(path: str | Path) -> Document:
+    """The document in the file at ``path`` (text, or PDF/HTML/EPUB/DOCX converted to text); ``-``
+    reads it from standard input (its id and path are then ``<stdin>``)."""
+    if str(path) == STDIN:
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None or sys.stdin.isatty():
+            raise DocumentError("'-' reads the document from standard input, but nothing is piped in: "
+                                "e.g. cat book.txt | ctxflow ask - \"QUESTION\".")
+        return document_from_bytes(stdin.read(), "<stdin>")
     path = Path(path)
     if not path.exists():
         raise DocumentError(f"document not found: {path}")

@@ -206,3 +206,22 @@ def test_json_output_is_strict_json_whatever_a_component_puts_in_its_answer():
 def test_bench_without_a_task_names_the_benchmarks(capsys):
     assert main(["bench"]) == 2
     assert "choose a benchmark: ctxflow bench lines" in capsys.readouterr().err
+
+
+def test_a_document_can_be_piped_in_as_dash(tmp_path, capsys, monkeypatch):
+    """``-`` reads the document from standard input (``ctxflow text -``, ``ask -``, ``run -i document=@-``)."""
+    import io as _io
+
+    html = "<html><body><h1>Kluge</h1><p>A clever hack.</p></body></html>".encode()
+    monkeypatch.setattr(sys, "stdin", _io.TextIOWrapper(_io.BytesIO(html)))
+    assert main(["text", "-", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"] == "# Kluge\n\nA clever hack." and out["meta"]["path"] == "<stdin>"
+
+    class Tty(_io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Tty(_io.BytesIO(b"")))
+    assert main(["text", "-"]) == 2
+    assert "nothing is piped in" in capsys.readouterr().err

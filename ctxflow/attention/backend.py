@@ -32,6 +32,10 @@ def normalize_attention(spec: Any) -> dict[str, Any] | None:
             return {"type": "streaming", "density": 0.5, "sinks": 64}
         if spec == "moa":
             return {"type": "moa", "plan": DEFAULT_PLAN[0.5]}
+        try:  # a plan file or a bundled plan's name, checked now (not when the model loads)
+            resolve_plan_path(spec)
+        except FileNotFoundError as exc:
+            raise ValueError(f"attention {spec!r} is not dense, streaming, moa or a plan: {exc}") from None
         return {"type": "moa", "plan": spec}
     if not isinstance(spec, dict):
         raise ValueError(f"attention must be dense, streaming, moa, a plan file or a mapping with 'type', got {spec!r}")

@@ -48,3 +48,14 @@ def test_plan_roundtrip_and_errors(tmp_path):
         Plan.load(tmp_path / "ragged.json")
     with pytest.raises(FileNotFoundError, match="bundled plans"):
         resolve_plan_path("no-such-plan")
+
+
+def test_attention_given_as_a_misspelt_name_is_refused_when_read(tmp_path):
+    """``attention: bogus`` (a typo of a kind, or a missing plan file) is an error at once, not when the model loads."""
+    from ctxflow.attention.backend import normalize_attention
+
+    with pytest.raises(ValueError, match=r"attention 'streamin' is not dense, streaming, moa or a plan: .*bundled plans: smollm2"):
+        normalize_attention("streamin")
+    p = Plan("m", [[Rule(0, 1)]], sinks=8, density=0.5).save(tmp_path / "plan.json")
+    assert normalize_attention(str(p)) == {"type": "moa", "plan": str(p)}
+    assert normalize_attention("smollm2-135m-25") == {"type": "moa", "plan": "smollm2-135m-25"}
