@@ -23,6 +23,7 @@ Grey box (used by Parallel Context Windows, NBCE, ...): :meth:`LocalLM.logprobs`
 """
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from contextlib import nullcontext
@@ -67,9 +68,19 @@ def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def _check_temperature(temperature: float) -> None:
-    if not temperature >= 0 or temperature == float("inf"):  # also NaN
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+def _check_generation_args(temperature: float, max_new_tokens: int) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0 \
+            or temperature == float("inf"):  # also NaN
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ValueError(f"max_new_tokens must be a whole number of tokens (0 or more), got {max_new_tokens!r}")
+
+
+def _check_not_empty(ids: list[list[int]]) -> None:
+    for i, x in enumerate(ids):
+        if not x:
+            raise ValueError(f"prompt {i} is empty (no tokens): there is nothing to generate from; give some text, "
+                             "or chat=True to wrap it in the chat template")
 
 
 def _sub_seed(seed: int, k: int) -> int:
@@ -279,10 +290,11 @@ class LocalLM(GreyBox, LLM):
         the string itself (message contents joined by blank lines)."""
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "content" in m for m in prompt):
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "content" in m and "role" in m for m in prompt):
             messages = [dict(m) for m in prompt]
         else:
-            raise TypeError(f"a prompt is a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}")
+            raise TypeError(f"a prompt is a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}"
+                            + (" without 'role' or 'content'" if isinstance(prompt, (list, tuple)) else ""))
         tok = self.tokenizer
         if chat and getattr(tok, "chat_template", None):
             cont = bool(messages) and messages[-1].get("role") == "assistant"
@@ -355,11 +367,12 @@ class LocalLM(GreyBox, LLM):
         full). ``n_tokens`` counts generated tokens (stop-string tokens included, EOS not);
         ``logprob`` sums their model log-probs (temperature 1)."""
         self.warm_up()
-        _check_temperature(temperature)
+        _check_generation_args(temperature, max_new_tokens)
         stops = sorted({s for s in (stop or []) if s})
         if isinstance(stop, str):
             stops = [stop] if stop else []
         texts, ids = self._encode_prompts(prompts, chat)
+        _check_not_empty(ids)
         for i, x in enumerate(ids):
             self._check_fits(len(x), i)
         n = len(ids)
@@ -531,9 +544,10 @@ class LocalLM(GreyBox, LLM):
         import torch
 
         self.warm_up()
-        _check_temperature(temperature)
+        _check_generation_args(temperature, max_new_tokens)
         stops = [stop] if isinstance(stop, str) and stop else sorted({s for s in (stop or []) if s})
         texts, ids = self._encode_prompts([prompt], chat)
+        _check_not_empty(ids)
         self._check_fits(len(ids[0]), 0)
         greedy = temperature == 0
         key = None
