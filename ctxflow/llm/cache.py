@@ -155,13 +155,25 @@ class LLMCache:
 
 
 _default: LLMCache | None = None
+_unusable: set[str] = set()  # cache locations already reported as unusable
 
 
 def default_cache() -> LLMCache | None:
-    """The process-wide cache, or None when ``CTXFLOW_NO_CACHE`` is set."""
+    """The process-wide cache, or None when ``CTXFLOW_NO_CACHE`` is set or the cache folder cannot be
+    written (read-only, not a folder, ...: the run goes on without the cache, with one warning)."""
     global _default
     if os.environ.get("CTXFLOW_NO_CACHE", "").lower() in ("1", "true", "yes"):
         return None
-    if _default is None or _default.path != cache_dir() / "llm_calls.sqlite":
-        _default = LLMCache()
+    where = os.environ.get("CTXFLOW_CACHE_DIR") or str(Path.home() / ".cache" / "ctxflow")
+    try:
+        path = cache_dir() / "llm_calls.sqlite"
+        if _default is None or _default.path != path:
+            _default = LLMCache(path)
+    except (OSError, sqlite3.OperationalError) as exc:
+        if where not in _unusable:
+            _unusable.add(where)
+            warnings.warn(f"cannot use the LLM-call cache in {where} ({exc}); running without it (set "
+                          "CTXFLOW_CACHE_DIR to a writable folder, or CTXFLOW_NO_CACHE=1 to silence this)",
+                          RuntimeWarning, stacklevel=2)
+        return None
     return _default
