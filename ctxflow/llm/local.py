@@ -103,7 +103,7 @@ class LocalLM(GreyBox, LLM):
 
     def __init__(
         self,
-        model: str = "default",
+        model: str | os.PathLike = "default",
         max_context: int | None = None,
         dtype: str = "float32",
         device: str = "cpu",
@@ -125,7 +125,7 @@ class LocalLM(GreyBox, LLM):
 
         self.attention = normalize_attention(attention)  # None = dense; see ctxflow.attention.backend
         self.rope_scaling = normalize_rope(rope_scaling)  # None = as trained; see ctxflow.attention.rope
-        self.model_name = model
+        self.model_name = os.fspath(model) if isinstance(model, os.PathLike) else model  # a Path names a folder/.gguf
         self.max_context = max_context
         self.dtype = dtype
         # CTXFLOW_DEVICE moves models declared on the default "cpu" (e.g. a YAML recipe) to another

@@ -127,7 +127,9 @@ def _missing_llm(name: str, why: str) -> ModelNotFoundError:
 def resolve_llm(name: str) -> ModelSource:
     """Resolve a ``model:`` value of a local LLM without loading anything. Raises
     :class:`ModelNotFoundError` with the install command when it is not on disk."""
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str):
+        raise _missing_llm(str(name), f"a model is named by a string, got {type(name).__name__}")
+    if not name.strip():
         raise _missing_llm(str(name), "the model name is empty")
     if name in DEFAULT_LLM_NAMES:
         pkg = _package_dir(SMOLLM2_PACKAGE)

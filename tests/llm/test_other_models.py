@@ -144,3 +144,21 @@ def test_cli_model_option_replaces_the_pipelines_local_model(tmp_path_factory, t
                         "  c: {type: chunk.tokens}\ninputs:\n  document: c.text\noutputs:\n  chunks: c.chunks\n")
     assert main(["run", str(no_local), "-i", "document=hi", "--model", path]) == 2
     assert "declares no local model" in capsys.readouterr().err
+
+
+def test_a_path_object_names_a_model_folder_like_its_string(tmp_path_factory, tok):
+    """``LocalLM(Path(...))`` used to say "the model name is empty" and ``ctxflow.load(..., local_model=Path(...))``
+    blamed the recipe's line for a type error."""
+    from pathlib import Path
+
+    import ctxflow
+    from ctxflow.llm.embed import STEmbedder
+
+    path = save_tiny(tmp_path_factory, tok, "llama", num_key_value_heads=2)
+    assert LocalLM(Path(path)).model_id == LocalLM(path).model_id
+    assert LocalLM(Path(path)).spec()["model"] == path
+    pipe = ctxflow.load("book_qa", local_model=Path(path))
+    assert pipe.models["llm"].model_name == path and f"model: {path}" in pipe.dumps()
+    assert STEmbedder(Path("/nowhere")).model_name == "/nowhere"
+    with pytest.raises(ModelNotFoundError, match="a model is named by a string, got int"):
+        LocalLM(3).warm_up()
