@@ -52,6 +52,16 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _default_threads() -> int:
+    """Torch threads when ``threads`` is not given: ``OMP_NUM_THREADS`` when set (as torch itself does), else
+    every core this process may run on."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    return n if n > 0 else _cpu_count()
+
+
 def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Indices sorted by length (longest first), split so that rows x longest <= ``batch_tokens``."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -96,7 +106,7 @@ class LocalLM(GreyBox, LLM):
     ``max_context`` emulates a shorter window (``context_length`` = min(real, max_context));
     ``dtype`` (float32, bfloat16, float16); ``device`` ("cpu", "cuda", ...); ``batch_tokens``:
     the most padded prompt tokens in one forward micro-batch; ``cache``: use the LLM-call cache;
-    ``threads``: torch CPU threads (default: all available cores).
+    ``threads``: torch CPU threads (default: ``OMP_NUM_THREADS`` if set, else all available cores).
     """
 
     capabilities = GREY_BOX
@@ -165,7 +175,7 @@ class LocalLM(GreyBox, LLM):
         with self._lock:
             if self._model is not None:
                 return
-            torch.set_num_threads(self.threads or _cpu_count())
+            torch.set_num_threads(self.threads or _default_threads())
             src = self._resolve()
             key = (str(src.folder or src.gguf), self.dtype, self.device)
             if self.attention is not None or self.rope_scaling is not None:  # its own copy of the weights

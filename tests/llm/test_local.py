@@ -340,3 +340,17 @@ def test_an_empty_raw_prompt_is_refused_not_generated_from_padding(nocache):
     assert nocache.generate([""], max_new_tokens=2)[0].n_tokens == 2  # the chat template is not empty
     with pytest.raises(TypeError, match="without 'role'"):
         nocache.generate([[{"content": "hi"}]], max_new_tokens=2)
+
+
+def test_omp_num_threads_is_respected_when_threads_is_not_given(llm, monkeypatch):
+    """OMP_NUM_THREADS=1 (a shared machine) used to be overridden by "all cores" on the first warm-up."""
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(3)
+        LocalLM(cache=False).warm_up()
+        assert torch.get_num_threads() == 1
+        LocalLM(cache=False, threads=2).warm_up()  # an explicit value still wins
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
