@@ -307,8 +307,15 @@ class LocalLM(GreyBox, LLM):
                             + (" without 'role' or 'content'" if isinstance(prompt, (list, tuple)) else ""))
         tok = self.tokenizer
         if chat and getattr(tok, "chat_template", None):
+            from jinja2 import TemplateError
+
             cont = bool(messages) and messages[-1].get("role") == "assistant"
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+            try:
+                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+            except TemplateError as exc:  # e.g. "System role not supported", "roles must alternate"
+                raise UserError(f"the chat template of {self.model_id} refuses these messages: {exc}. Change the roles "
+                                "the template does not take (e.g. put a system message into the first user message), "
+                                "or pass chat=False for raw text") from None
         if isinstance(prompt, str):
             return prompt
         return "\n\n".join(m["content"] for m in messages)

@@ -162,3 +162,21 @@ def test_a_path_object_names_a_model_folder_like_its_string(tmp_path_factory, to
     assert STEmbedder(Path("/nowhere")).model_name == "/nowhere"
     with pytest.raises(ModelNotFoundError, match="a model is named by a string, got int"):
         LocalLM(3).warm_up()
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_user_error(tmp_path_factory, tok):
+    import json
+    from pathlib import Path
+
+    path = save_tiny(tmp_path_factory, tok, "llama", num_key_value_heads=2)
+    cfg = Path(path) / "tokenizer_config.json"
+    (Path(path) / "chat_template.jinja").unlink(missing_ok=True)
+    c = json.loads(cfg.read_text())
+    c["chat_template"] = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+                          "supported') }}{% endif %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}<model>{% endif %}")
+    cfg.write_text(json.dumps(c))
+    llm = LocalLM(path, cache=False)
+    with pytest.raises(UserError, match="chat template of .* refuses these messages: System role not supported"):
+        llm.generate([[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]], max_new_tokens=2)
+    assert llm.render("Hi") == "<user>Hi\n<model>"
