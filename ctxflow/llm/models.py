@@ -150,8 +150,8 @@ def resolve_llm(name: str) -> ModelSource:
         return ModelSource(name, f"{_slug(path.name)}-{_folder_fingerprint(path)}", folder=path)
     if path.exists():
         raise _missing_llm(name, f"{str(path)!r} is neither a folder nor a .gguf file")
-    if not path.is_absolute() and "/" in name and not name.startswith("."):
-        raise _missing_llm(name, "no such local folder (hub names like 'org/model' are not downloaded)")
+    if not path.is_absolute() and "/" in name and not name.startswith(".") and path.suffix != ".gguf":
+        raise _missing_llm(name, f"no such local folder {str(path)!r} (hub names like 'org/model' are not downloaded)")
     raise _missing_llm(name, f"no such folder or file {str(path)!r}")
 
 

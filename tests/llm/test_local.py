@@ -165,6 +165,8 @@ def test_missing_model(monkeypatch, tmp_path):
         LocalLM(model=str(tmp_path / "empty")).warm_up()
     with pytest.raises(ModelNotFoundError, match="not downloaded"):
         LocalLM(model="HuggingFaceTB/SmolLM2-135M-Instruct").warm_up()
+    with pytest.raises(ModelNotFoundError, match="no such folder or file 'models/tiny.gguf'"):  # not a hub name
+        LocalLM(model="models/tiny.gguf").warm_up()
     import ctxflow.llm.models as models
 
     monkeypatch.setattr(models, "_package_dir", lambda name: None)
