@@ -58,6 +58,7 @@ class LLMCache:
             self._start_over(exc)
         self.hits = 0
         self.misses = 0
+        self._write_failed = False  # warned once about a failed write
 
     key = staticmethod(make_key)
 
@@ -111,7 +112,9 @@ class LLMCache:
         return self.get_many([key]).get(key)
 
     def put_many(self, items: Iterable[tuple[str, str, str, Any]]) -> None:
-        """Store ``(key, model, kind, value)`` rows in one transaction."""
+        """Store ``(key, model, kind, value)`` rows in one transaction. Rows that cannot be written (disk
+        full, read-only file, locked past the timeout) are dropped with a warning: the answers they hold
+        are returned to the caller all the same, and only a later run recomputes them."""
         rows = [(k, m, kind, json.dumps(v, ensure_ascii=False)) for k, m, kind, v in items]
         if not rows:
             return
@@ -120,8 +123,12 @@ class LLMCache:
                 try:
                     self._insert(rows)
                     return
-                except sqlite3.OperationalError:
-                    raise
+                except sqlite3.OperationalError as exc:
+                    if not self._write_failed:
+                        warnings.warn(f"could not write to the LLM-call cache {self.path} ({exc}); answers not "
+                                      "stored there are recomputed by a later run", RuntimeWarning, stacklevel=2)
+                    self._write_failed = True
+                    return
                 except sqlite3.DatabaseError as exc:  # damage found on writing: start over, write once more
                     if attempt:
                         raise

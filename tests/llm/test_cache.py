@@ -164,3 +164,29 @@ def test_an_unwritable_cache_folder_runs_without_the_cache(monkeypatch, tmp_path
     monkeypatch.setenv("CTXFLOW_CACHE_DIR", str(tmp_path / "ro"))
     with pytest.warns(RuntimeWarning, match="cannot use the LLM-call cache"):
         assert cache_mod.default_cache() is None
+
+
+def test_a_full_disk_drops_cache_writes_not_the_answers(monkeypatch, tmp_path, llm):
+    """'database or disk is full' on the write after a batch used to raise out of generate, losing its answers."""
+    import sqlite3
+    import warnings
+
+    import pytest
+
+    from ctxflow.llm.cache import LLMCache
+    from ctxflow.llm.local import LocalLM
+
+    monkeypatch.setenv("CTXFLOW_CACHE_DIR", str(tmp_path))
+    m = LocalLM()
+    m.generate(["Hi"], max_new_tokens=1)
+
+    def full(self, rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(LLMCache, "_insert", full)
+    with pytest.warns(RuntimeWarning, match="could not write to the LLM-call cache .*disk is full"):
+        g = m.generate(["Name a colour."], max_new_tokens=3)[0]
+    assert g.n_tokens == 3 and not g.cached
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per cache
+        assert m.logprobs(["Say yes."], ["Yes"])[0]
