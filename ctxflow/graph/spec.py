@@ -149,7 +149,7 @@ def _describe(v: Any) -> str:
     return f"{short_repr(v)} ({type(v).__name__})"
 
 
-def loads(text: str, file: str = "<string>", local_model: str | None = None) -> Pipeline:
+def loads(text: str, file: str = "<string>", local_model: str | os.PathLike | None = None) -> Pipeline:
     """Build a Pipeline from YAML text. Raises SpecError with file:line:column. ``local_model``
     replaces the ``model`` of every ``type: local`` model (``ctxflow ask --model``)."""
     data, marks = _parse(text, file)
@@ -160,7 +160,7 @@ def loads(text: str, file: str = "<string>", local_model: str | None = None) -> 
         if not locals_:
             raise SpecError(f"--model {local_model}: {file} declares no local model (type: local) to replace.")
         for m in locals_:
-            m["model"] = local_model
+            m["model"] = os.fspath(local_model)  # a Path is a folder or a .gguf file like its string
     if "version" not in data:
         raise marks.error("missing 'version': add 'version: 1' at the top of the file.")
     if data.get("version") != 1 or isinstance(data.get("version"), bool):  # true == 1 in Python
@@ -297,7 +297,7 @@ def _bundled(path: Path) -> Path | None:
     return cand if cand.exists() else None
 
 
-def load(path: str | os.PathLike, local_model: str | None = None) -> Pipeline:
+def load(path: str | os.PathLike, local_model: str | os.PathLike | None = None) -> Pipeline:
     """Read a pipeline file, or a bundled recipe by name (``ctxflow.load("book_qa")``, from any folder).
     A missing or unreadable file is a SpecError, not a traceback. ``local_model`` (a model name, a
     Hugging Face folder or a .gguf file) replaces the ``model`` of every ``type: local`` model."""

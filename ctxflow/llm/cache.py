@@ -58,6 +58,7 @@ class LLMCache:
             self._start_over(exc)
         self.hits = 0
         self.misses = 0
+        self._write_failed = False  # warned once about a failed write
 
     key = staticmethod(make_key)
 
@@ -111,7 +112,9 @@ class LLMCache:
         return self.get_many([key]).get(key)
 
     def put_many(self, items: Iterable[tuple[str, str, str, Any]]) -> None:
-        """Store ``(key, model, kind, value)`` rows in one transaction."""
+        """Store ``(key, model, kind, value)`` rows in one transaction. Rows that cannot be written (disk
+        full, read-only file, locked past the timeout) are dropped with a warning: the answers they hold
+        are returned to the caller all the same, and only a later run recomputes them."""
         rows = [(k, m, kind, json.dumps(v, ensure_ascii=False)) for k, m, kind, v in items]
         if not rows:
             return
@@ -120,8 +123,12 @@ class LLMCache:
                 try:
                     self._insert(rows)
                     return
-                except sqlite3.OperationalError:
-                    raise
+                except sqlite3.OperationalError as exc:
+                    if not self._write_failed:
+                        warnings.warn(f"could not write to the LLM-call cache {self.path} ({exc}); answers not "
+                                      "stored there are recomputed by a later run", RuntimeWarning, stacklevel=2)
+                    self._write_failed = True
+                    return
                 except sqlite3.DatabaseError as exc:  # damage found on writing: start over, write once more
                     if attempt:
                         raise
@@ -155,13 +162,25 @@ class LLMCache:
 
 
 _default: LLMCache | None = None
+_unusable: set[str] = set()  # cache locations already reported as unusable
 
 
 def default_cache() -> LLMCache | None:
-    """The process-wide cache, or None when ``CTXFLOW_NO_CACHE`` is set."""
+    """The process-wide cache, or None when ``CTXFLOW_NO_CACHE`` is set or the cache folder cannot be
+    written (read-only, not a folder, ...: the run goes on without the cache, with one warning)."""
     global _default
     if os.environ.get("CTXFLOW_NO_CACHE", "").lower() in ("1", "true", "yes"):
         return None
-    if _default is None or _default.path != cache_dir() / "llm_calls.sqlite":
-        _default = LLMCache()
+    where = os.environ.get("CTXFLOW_CACHE_DIR") or str(Path.home() / ".cache" / "ctxflow")
+    try:
+        path = cache_dir() / "llm_calls.sqlite"
+        if _default is None or _default.path != path:
+            _default = LLMCache(path)
+    except (OSError, sqlite3.OperationalError) as exc:
+        if where not in _unusable:
+            _unusable.add(where)
+            warnings.warn(f"cannot use the LLM-call cache in {where} ({exc}); running without it (set "
+                          "CTXFLOW_CACHE_DIR to a writable folder, or CTXFLOW_NO_CACHE=1 to silence this)",
+                          RuntimeWarning, stacklevel=2)
+        return None
     return _default

@@ -31,7 +31,7 @@ class STEmbedder(Embedder):
 
     memo = 100_000
 
-    def __init__(self, model: str = "default", batch_size: int = 16, device: str = "cpu", disk_cache: bool = True):
+    def __init__(self, model: str | os.PathLike = "default", batch_size: int = 16, device: str = "cpu", disk_cache: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model_name = os.fspath(model) if isinstance(model, os.PathLike) else model  # a Path dumps to YAML as text
@@ -83,6 +83,11 @@ class STEmbedder(Embedder):
         if isinstance(texts, str):
             raise TypeError("embed takes a list of texts (wrap a single text in a list)")
         texts = list(texts)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"embed takes a list of strings; text {bad} is {type(texts[bad]).__name__} {texts[bad]!r:.60}")
+        if kind not in ("query", "passage"):
+            raise ValueError(f"kind must be 'query' or 'passage', got {kind!r}")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         st = self.model

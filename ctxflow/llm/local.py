@@ -23,6 +23,7 @@ Grey box (used by Parallel Context Windows, NBCE, ...): :meth:`LocalLM.logprobs`
 """
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from contextlib import nullcontext
@@ -51,6 +52,16 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _default_threads() -> int:
+    """Torch threads when ``threads`` is not given: ``OMP_NUM_THREADS`` when set (as torch itself does), else
+    every core this process may run on."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    return n if n > 0 else _cpu_count()
+
+
 def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Indices sorted by length (longest first), split so that rows x longest <= ``batch_tokens``."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -67,9 +78,19 @@ def micro_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def _check_temperature(temperature: float) -> None:
-    if not temperature >= 0 or temperature == float("inf"):  # also NaN
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+def _check_generation_args(temperature: float, max_new_tokens: int) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0 \
+            or temperature == float("inf"):  # also NaN
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ValueError(f"max_new_tokens must be a whole number of tokens (0 or more), got {max_new_tokens!r}")
+
+
+def _check_not_empty(ids: list[list[int]]) -> None:
+    for i, x in enumerate(ids):
+        if not x:
+            raise ValueError(f"prompt {i} is empty (no tokens): there is nothing to generate from; give some text, "
+                             "or chat=True to wrap it in the chat template")
 
 
 def _sub_seed(seed: int, k: int) -> int:
@@ -85,14 +106,14 @@ class LocalLM(GreyBox, LLM):
     ``max_context`` emulates a shorter window (``context_length`` = min(real, max_context));
     ``dtype`` (float32, bfloat16, float16); ``device`` ("cpu", "cuda", ...); ``batch_tokens``:
     the most padded prompt tokens in one forward micro-batch; ``cache``: use the LLM-call cache;
-    ``threads``: torch CPU threads (default: all available cores).
+    ``threads``: torch CPU threads (default: ``OMP_NUM_THREADS`` if set, else all available cores).
     """
 
     capabilities = GREY_BOX
 
     def __init__(
         self,
-        model: str = "default",
+        model: str | os.PathLike = "default",
         max_context: int | None = None,
         dtype: str = "float32",
         device: str = "cpu",
@@ -154,7 +175,7 @@ class LocalLM(GreyBox, LLM):
         with self._lock:
             if self._model is not None:
                 return
-            torch.set_num_threads(self.threads or _cpu_count())
+            torch.set_num_threads(self.threads or _default_threads())
             src = self._resolve()
             key = (str(src.folder or src.gguf), self.dtype, self.device)
             if self.attention is not None or self.rope_scaling is not None:  # its own copy of the weights
@@ -279,14 +300,22 @@ class LocalLM(GreyBox, LLM):
         the string itself (message contents joined by blank lines)."""
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "content" in m for m in prompt):
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "content" in m and "role" in m for m in prompt):
             messages = [dict(m) for m in prompt]
         else:
-            raise TypeError(f"a prompt is a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}")
+            raise TypeError(f"a prompt is a string or a list of {{'role', 'content'}} messages, got {type(prompt).__name__}"
+                            + (" without 'role' or 'content'" if isinstance(prompt, (list, tuple)) else ""))
         tok = self.tokenizer
         if chat and getattr(tok, "chat_template", None):
+            from jinja2 import TemplateError
+
             cont = bool(messages) and messages[-1].get("role") == "assistant"
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+            try:
+                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+            except TemplateError as exc:  # e.g. "System role not supported", "roles must alternate"
+                raise UserError(f"the chat template of {self.model_id} refuses these messages: {exc}. Change the roles "
+                                "the template does not take (e.g. put a system message into the first user message), "
+                                "or pass chat=False for raw text") from None
         if isinstance(prompt, str):
             return prompt
         return "\n\n".join(m["content"] for m in messages)
@@ -355,11 +384,12 @@ class LocalLM(GreyBox, LLM):
         full). ``n_tokens`` counts generated tokens (stop-string tokens included, EOS not);
         ``logprob`` sums their model log-probs (temperature 1)."""
         self.warm_up()
-        _check_temperature(temperature)
+        _check_generation_args(temperature, max_new_tokens)
         stops = sorted({s for s in (stop or []) if s})
         if isinstance(stop, str):
             stops = [stop] if stop else []
         texts, ids = self._encode_prompts(prompts, chat)
+        _check_not_empty(ids)
         for i, x in enumerate(ids):
             self._check_fits(len(x), i)
         n = len(ids)
@@ -531,9 +561,10 @@ class LocalLM(GreyBox, LLM):
         import torch
 
         self.warm_up()
-        _check_temperature(temperature)
+        _check_generation_args(temperature, max_new_tokens)
         stops = [stop] if isinstance(stop, str) and stop else sorted({s for s in (stop or []) if s})
         texts, ids = self._encode_prompts([prompt], chat)
+        _check_not_empty(ids)
         self._check_fits(len(ids[0]), 0)
         greedy = temperature == 0
         key = None

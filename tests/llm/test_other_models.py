@@ -144,3 +144,39 @@ def test_cli_model_option_replaces_the_pipelines_local_model(tmp_path_factory, t
                         "  c: {type: chunk.tokens}\ninputs:\n  document: c.text\noutputs:\n  chunks: c.chunks\n")
     assert main(["run", str(no_local), "-i", "document=hi", "--model", path]) == 2
     assert "declares no local model" in capsys.readouterr().err
+
+
+def test_a_path_object_names_a_model_folder_like_its_string(tmp_path_factory, tok):
+    """``LocalLM(Path(...))`` used to say "the model name is empty" and ``ctxflow.load(..., local_model=Path(...))``
+    blamed the recipe's line for a type error."""
+    from pathlib import Path
+
+    import ctxflow
+    from ctxflow.llm.embed import STEmbedder
+
+    path = save_tiny(tmp_path_factory, tok, "llama", num_key_value_heads=2)
+    assert LocalLM(Path(path)).model_id == LocalLM(path).model_id
+    assert LocalLM(Path(path)).spec()["model"] == path
+    pipe = ctxflow.load("book_qa", local_model=Path(path))
+    assert pipe.models["llm"].model_name == path and f"model: {path}" in pipe.dumps()
+    assert STEmbedder(Path("/nowhere")).model_name == "/nowhere"
+    with pytest.raises(ModelNotFoundError, match="a model is named by a string, got int"):
+        LocalLM(3).warm_up()
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_user_error(tmp_path_factory, tok):
+    import json
+    from pathlib import Path
+
+    path = save_tiny(tmp_path_factory, tok, "llama", num_key_value_heads=2)
+    cfg = Path(path) / "tokenizer_config.json"
+    (Path(path) / "chat_template.jinja").unlink(missing_ok=True)
+    c = json.loads(cfg.read_text())
+    c["chat_template"] = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+                          "supported') }}{% endif %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}<model>{% endif %}")
+    cfg.write_text(json.dumps(c))
+    llm = LocalLM(path, cache=False)
+    with pytest.raises(UserError, match="chat template of .* refuses these messages: System role not supported"):
+        llm.generate([[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]], max_new_tokens=2)
+    assert llm.render("Hi") == "<user>Hi\n<model>"
