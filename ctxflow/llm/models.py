@@ -86,6 +86,13 @@ def _file_fingerprint(path: Path, block: int = 1 << 16, samples: int = 32) -> st
     return h.hexdigest()[:10]
 
 
+def _transformers_release() -> str:
+    """``major.minor`` of the installed transformers, read without importing it."""
+    from importlib.metadata import version
+
+    return ".".join(version("transformers").split(".")[:2])
+
+
 def _folder_fingerprint(folder: Path) -> str:
     parts = []
     for f in sorted(folder.iterdir()):
@@ -111,9 +118,10 @@ class ModelSource:
 
     @property
     def converted_folder(self) -> Path:
-        """Where the converted GGUF lives (or will live)."""
+        """Where the converted GGUF lives (or will live): one folder per file content and transformers
+        release (a folder saved by one release need not load in an older one)."""
         assert self.gguf is not None
-        return model_dir() / f"{_slug(self.gguf.stem)}-{_file_fingerprint(self.gguf)}"
+        return model_dir() / f"{_slug(self.gguf.stem)}-{_file_fingerprint(self.gguf)}-tf{_transformers_release()}"
 
 
 def _missing_llm(name: str, why: str) -> ModelNotFoundError:

@@ -111,3 +111,15 @@ def test_damaged_weight_files_are_named_not_tracebacks(tiny_gguf, tmp_path, monk
         f.truncate(1000)
     with pytest.raises(ModelNotFoundError, match="could not load .* as a causal language model"):
         load_causal_lm(resolve_llm(str(folder)))
+
+
+def test_converted_weights_are_kept_per_transformers_release(tiny_gguf, tmp_path, monkeypatch):
+    """A folder saved by one transformers release need not load in another: each release converts its own."""
+    from ctxflow.llm import models
+
+    monkeypatch.setenv("CTXFLOW_MODEL_DIR", str(tmp_path / "models"))
+    src = resolve_llm(str(tiny_gguf))
+    here = src.converted_folder
+    assert here.name.endswith(f"-tf{models._transformers_release()}")
+    monkeypatch.setattr(models, "_transformers_release", lambda: "4.0")
+    assert src.converted_folder != here and src.converted_folder.name.endswith("-tf4.0")
