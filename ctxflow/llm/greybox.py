@@ -48,9 +48,10 @@ class GreyBox:
 
         m = self._model
         ids = torch.tensor([[self._pad_id or 0, 1, 2, 3]], device=m.device)
+        mask = torch.ones_like(ids)  # given, so models that warn without one (GPT-2) stay quiet
         with torch.inference_mode():
-            want = m(input_ids=ids, use_cache=False).logits.float()
-            got = self._head(self._decoder()(input_ids=ids, use_cache=False).last_hidden_state)
+            want = m(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            got = self._head(self._decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state)
         err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
         if not err < 1e-2:
             raise UserError(f"{type(m).__name__} post-processes its logits in a way ctxflow's grey-box calls (logprobs, "
