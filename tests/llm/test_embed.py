@@ -1,6 +1,8 @@
 """The sentence-transformers embedder (real all-MiniLM-L6-v2)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,26 @@ def test_inputs_that_are_not_texts_or_kinds_are_named(embedder):
     v = embedder.embed(["", "   ", "日本語 🎉"])
     assert v.shape == (3, embedder.dim) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert embedder.embed([]).shape == (0, embedder.dim)
+
+
+def test_a_text_longer_than_the_model_reads_is_embedded_whole(monkeypatch):
+    """Past ``max_seq_length`` tokens the model would read only a text's start: the text is embedded as
+    the token-weighted mean of windows that fit, so a fact at its end still finds it."""
+    monkeypatch.setenv("CTXFLOW_NO_CACHE", "1")
+    e = STEmbedder(disk_cache=False)
+    st = e.model
+    limit = st.max_seq_length
+    filler = " ".join(f"Item {i} of the inventory is a grey box." for i in range(limit // 4))
+    tail = "The kluge was installed by Hiroshi in the basement of the Tokyo office."
+    long = filler + " " + tail
+    parts = STEmbedder._windows(st, [long, tail], None)
+    assert len(parts[long]) >= 2 and parts[tail] == [(tail, 1)]
+    assert "".join(w for w, _ in parts[long]).replace(" ", "") == long.replace(" ", "")  # windows cover the text
+    assert all(len(st.tokenizer(w)["input_ids"]) <= limit for w, _ in parts[long])
+    v = e.embed([long])[0]
+    w = st.encode([p for p, _ in parts[long]], normalize_embeddings=True)
+    mean = sum(n * x for (_, n), x in zip(parts[long], w))
+    assert np.allclose(v, mean / np.linalg.norm(mean), atol=1e-5)
+    q = e.embed(["Who installed the kluge in the Tokyo office basement?"], kind="query")[0]
+    truncated = st.encode([long], normalize_embeddings=True)[0]  # what the model alone gives: the start only
+    assert float(q @ v) > float(q @ truncated) + 0.05
