@@ -51,6 +51,26 @@ def test_trace_has_timing_and_order():
         assert res.trace["components"][n]["type"].startswith("test.")
 
 
+def test_trace_shows_what_each_stage_passed_on():
+    """The trace glimpses every output: list length and its first items' spans and scores (a bank's hits,
+    a selector's picks), short texts whole, long ones cut; never the whole document."""
+    p = _linear(["words", "score", "join"])
+    words = " ".join(f"w{i}" for i in range(30))
+    res = p.run({"text": words})
+    got = res.trace["components"]["words"]["outputs"]["chunks"]
+    assert got["count"] == 30 and len(got["first"]) == 10
+    assert got["first"][1] == {"start": 3, "end": 5, "text": "w1"}
+    scored = res.trace["components"]["score"]["outputs"]["scored"]
+    assert scored["first"][0]["score"] == 2.0 and scored["first"][0]["text"] == "w0"
+    joined = res.trace["components"]["join"]["outputs"]["text"]
+    assert joined == res["joined"] if len(res["joined"]) <= 200 else joined["chars"] == len(res["joined"])
+    long = p.run({"text": "word " * 100}).trace["components"]["join"]["outputs"]["text"]
+    assert long["chars"] == len("+".join(["word"] * 100)) and long["start"].endswith("…")
+    import json
+
+    json.dumps(res.trace)  # plain JSON data
+
+
 def test_events_reach_subscribers():
     p = Pipeline()
     p.add("e", tc.Echo())
