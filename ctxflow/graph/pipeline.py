@@ -33,8 +33,9 @@ from ..errors import ConnectionError_, SpecError, UserError
 from ..events import EventBus, Subscriber, use_bus
 from ..llm.base import LLM, Embedder
 from ..run.base import use_executor
-from ..types import Answer, Chunk, Citation, Document, Scored
+from ..types import Document
 from .component import Socket, compatible, describe_type, input_sockets, resource_params
+from .glimpse import glimpse
 from .registry import suggest
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -79,44 +80,6 @@ def _check_input_value(name: str, value: Any, want: Any, socket: str) -> Any:
             " (decode it first: data.decode('utf-8'))" if isinstance(value, (bytes, bytearray)) else ""
         raise UserError(f"pipeline input {name!r} must be text (str), got {type(value).__name__}{hint}.")
     return value
-
-
-GLIMPSE_ITEMS = 10  # items of a list output the trace shows (e.g. a bank's first hits)
-
-
-def _glimpse(v: Any) -> Any:
-    """A short view of an output for the run trace: what each stage passed on (which passages a bank
-    found, which a selector kept) without copying the document into the trace."""
-    def span(x: Any) -> dict[str, Any]:
-        item, score = (x.item, x.score) if isinstance(x, Scored) else (x, None)
-        if isinstance(item, (Chunk, Citation)):
-            d: dict[str, Any] = {"start": item.start, "end": item.end}
-            if item.doc_id:
-                d["doc_id"] = item.doc_id
-            if score is None:
-                score = getattr(item, "score", None)
-            if score is not None:
-                d["score"] = round(float(score), 4)
-            d["text"] = item.text[:80] + ("…" if len(item.text) > 80 else "")
-            return d
-        return {"value": _glimpse(item), **({"score": round(float(score), 4)} if score is not None else {})}
-
-    if isinstance(v, Answer):
-        return {"text": v.text[:200], "citations": [span(c) for c in v.citations[:GLIMPSE_ITEMS]]}
-    if isinstance(v, (Chunk, Citation, Scored)):
-        return span(v)
-    if isinstance(v, (list, tuple)):
-        return {"count": len(v), "first": [span(x) if isinstance(x, (Chunk, Citation, Scored)) else _glimpse(x)
-                                           for x in v[:GLIMPSE_ITEMS]]}
-    if isinstance(v, dict):
-        return {"keys": [str(k) for k in list(v)[:GLIMPSE_ITEMS * 2]]}
-    if isinstance(v, str):
-        return v if len(v) <= 200 else {"chars": len(v), "start": v[:120] + "…"}
-    if isinstance(v, Document):
-        return {"id": v.id, "chars": len(v.text)}
-    if isinstance(v, (int, float, bool)) or v is None:
-        return v
-    return type(v).__name__
 
 
 def _place_citations(values: Any, docs: list[Document]) -> None:
@@ -429,7 +392,7 @@ class Pipeline:
                 info.update(bus.counters.get(name, {}))
                 if isinstance(out.get("trace"), dict):
                     info["detail"] = out["trace"]
-                info["outputs"] = {k: _glimpse(v) for k, v in out.items() if k != "trace"}
+                info["outputs"] = {k: glimpse(v) for k, v in out.items() if k != "trace"}
                 trace["components"][name] = info
                 bus.emit("component_end", seconds=dt)
                 bus.component = None
