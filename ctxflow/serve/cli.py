@@ -55,24 +55,21 @@ def _port(text: str) -> int:
     return port
 
 
-def _megabytes(text: str) -> float:
-    try:
-        mb = float(text)
-    except ValueError:
-        mb = -1.0
-    if not 0 < mb < 1e6:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give a number of megabytes > 0, e.g. 4 or 0.5")
-    return mb
+def _positive(what: str, example: str):
+    """An argparse type: a number > 0 (and < 1e6; nan and inf refused) of ``what``."""
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = -1.0
+        if not 0 < x < 1e6:  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}: give a number of {example}")
+        return x
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        s = float(text)
-    except ValueError:
-        s = -1.0
-    if not 0 < s < 1e6:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give a number of seconds > 0, e.g. 60")
-    return s
+_megabytes = _positive("a size", "megabytes > 0, e.g. 4 or 0.5")
+_seconds = _positive("a time", "seconds > 0, e.g. 60")
 
 
 def register(sub) -> None:
