@@ -44,7 +44,8 @@ def docx_text(data: bytes, name: str) -> tuple[str, dict[str, Any]]:
             count[kind] += 1
             marks[kind, nid] = f"[^{'e' if kind == 'endnote' else ''}{count[kind]}]"
     text = _PLACEHOLDER.sub(lambda m: marks.get((m.group(1), m.group(2)), ""), "\n".join(lines).strip("\n"))
-    tail = [f"{mark}: {notes[kind][nid]}" for (kind, nid), mark in marks.items()]
+    tail = [f"{mark}: {notes[kind][nid]}" for part in ("footnote", "endnote")  # footnotes, then endnotes
+            for (kind, nid), mark in marks.items() if kind == part]
     if tail:
         text = text.rstrip("\n") + "\n\n" + "\n".join(tail)
     text = re.sub(r"\n{3,}", "\n\n", text)
@@ -68,7 +69,7 @@ def _notes(z: zipfile.ZipFile, kind: str, name: str) -> dict[str, str]:
     """The text of each footnote or endnote by its id (``word/footnotes.xml``; none when absent)."""
     try:
         root = ET.fromstring(read_member(z, f"word/{kind}s.xml", name))
-    except KeyError:
+    except (KeyError, ET.ParseError, zipfile.BadZipFile, zlib.error, EOFError):  # none, or a damaged part: the body still reads
         return {}
     out = {}
     for note in root.iter(f"{_W}{kind}"):

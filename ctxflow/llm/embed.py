@@ -150,7 +150,8 @@ class STEmbedder(Embedder):
         out = {t: [(t, 1)] for t in texts}
         if not limit or tok is None:
             return out
-        room = limit - len(tok("", add_special_tokens=True, verbose=False)["input_ids"])
+        # 4 tokens of margin: a window cut mid-word may tokenize into a token more than it had inside the text
+        room = limit - len(tok("", add_special_tokens=True, verbose=False)["input_ids"]) - 4
         if prompt:
             room -= len(tok(prompt, add_special_tokens=False, verbose=False)["input_ids"])
         long = [t for t in texts if len(t.encode()) > room]  # a token covers at least one byte: the others fit

@@ -89,8 +89,7 @@ def _check_generation_args(temperature: float, max_new_tokens: int) -> None:
 def _check_not_empty(ids: list[list[int]]) -> None:
     for i, x in enumerate(ids):
         if not x:
-            raise ValueError(f"prompt {i} is empty (no tokens): there is nothing to generate from; give some text, "
-                             "or chat=True to wrap it in the chat template")
+            raise UserError(f"prompt {i} is empty (no tokens): there is nothing to generate from; give some text")
 
 
 def _sub_seed(seed: int, k: int) -> int:

@@ -15,12 +15,14 @@ Nothing is ever downloaded: every ``from_pretrained`` runs with ``local_files_on
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,25 +74,44 @@ def _short_hash(*parts: Any) -> str:
     return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:10]
 
 
-def _file_fingerprint(path: Path, block: int = 1 << 16, samples: int = 32) -> str:
-    """A hash of a weight file's size and content, sampled (its first and last ``block`` bytes and ``samples``
-    blocks between; 2 MiB read from a file of any size): a GGUF copied or reinstalled (new path, new mtime)
-    keeps its fingerprint, so its converted weights are found again instead of converted once more and left
-    behind (0.5 GB for the default model per pip install); any re-quantization or fine-tune changes it."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
+def _file_fingerprint(path: Path) -> str:
+    """A hash of a weight file's whole content: a GGUF copied or reinstalled (new path, new mtime) keeps its
+    fingerprint, so its converted weights are found again instead of converted once more and left behind
+    (0.5 GB for the default model per pip install), and any edit (re-quantized tensors, metadata rewritten
+    in place) changes it. Hashing reads the file once per (path, size, mtime): the result is remembered in
+    ``<model_dir>/.fingerprints.json``."""
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    try:
+        memo_file = model_dir() / ".fingerprints.json"
+        memo = json.loads(memo_file.read_text()) if memo_file.is_file() else {}
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo_file, memo = None, {}
+    if isinstance(memo.get(key), str):
+        return memo[key]
+    h = hashlib.sha256(str(st.st_size).encode())
     with open(path, "rb") as f:
-        for k in range(samples + 2):
-            f.seek(min(size * k // (samples + 1), max(size - block, 0)))
-            h.update(f.read(block))
-    return h.hexdigest()[:10]
+        while block := f.read(1 << 22):
+            h.update(block)
+    fp = h.hexdigest()[:10]
+    if memo_file is not None:
+        try:  # atomically, so a concurrent reader never sees half a file
+            memo[key] = fp
+            tmp = memo_file.with_name(f".fingerprints-{os.getpid()}-{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(memo))
+            os.replace(tmp, memo_file)
+        except OSError:
+            pass  # an unwritable model dir: hash again next time
+    return fp
 
 
 def _transformers_release() -> str:
-    """``major.minor`` of the installed transformers, read without importing it."""
-    from importlib.metadata import version
+    """``major.minor`` of the transformers that loads the model."""
+    import transformers
 
-    return ".".join(version("transformers").split(".")[:2])
+    return ".".join(transformers.__version__.split(".")[:2])
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -400,7 +421,11 @@ def _load_folder(src: ModelSource, folder: Path, dtype: str, device: str):
         model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype), local_files_only=True,
                                                            output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:  # no tokenizer / config / weights,
-        # an unknown architecture, or a damaged weight file
+        # an unknown architecture, or a damaged weight file; not a machine out of memory or file handles (the
+        # folder is fine: it must not be taken for damaged and converted again)
+        if (isinstance(exc, OSError) and exc.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE)) or (
+                isinstance(exc, RuntimeError) and "allocate" in str(exc)):
+            raise
         raise ModelNotFoundError(f"model {src.name!r}: could not load {folder} as a causal language model with its "
                                  f"tokenizer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     missing = [k for k in info.get("missing_keys", ()) if "rotary" not in k and "inv_freq" not in k]

@@ -234,7 +234,10 @@ def _handler(server: ModelServer, verbose: bool, read_timeout: float):
             if n > max_body:
                 left = min(n, DRAIN)  # read (and drop) what the client sends, so that it gets the answer, not a reset connection
                 while left > 0:
-                    got = len(self.rfile.read(min(left, 1 << 16)))
+                    try:
+                        got = len(self.rfile.read(min(left, 1 << 16)))
+                    except TimeoutError:  # the client stopped sending: answer what was wrong with the request
+                        break
                     if not got:
                         break
                     left -= got

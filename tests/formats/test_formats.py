@@ -130,6 +130,8 @@ def test_docx_footnotes_and_endnotes_follow_the_body(tmp_path):
     assert doc.text == ("Kluges abound.[^1]\n\nSee also[^2] and hacks.[^e1]\n\n"
                         "[^1]: First note, in 1962.\n[^2]: Second note.\n[^e1]: An endnote.")
     assert read_document(make_docx(body[:1], tmp_path / "m.docx")).text == "Kluges abound."  # no notes part: no mark
+    damaged = {"word/footnotes.xml": parts["word/footnotes.xml"][:-20]}  # a damaged notes part: the body still reads
+    assert read_document(make_docx(body[:1], tmp_path / "d.docx", damaged)).text == "Kluges abound."
 
 
 def test_other_zip_and_binary_are_refused(tmp_path):

@@ -335,9 +335,9 @@ def test_an_empty_raw_prompt_is_refused_not_generated_from_padding(nocache):
     batch it silently generated from a row of padding."""
     assert nocache.encode("", chat=False) == []
     for prompts, i in ((["The capital of France is", ""], 1), ([""], 0)):
-        with pytest.raises(ValueError, match=f"prompt {i} is empty"):
+        with pytest.raises(UserError, match=f"prompt {i} is empty"):
             nocache.generate(prompts, max_new_tokens=3, chat=False)
-    with pytest.raises(ValueError, match="prompt 0 is empty"):
+    with pytest.raises(UserError, match="prompt 0 is empty"):
         nocache.generate_stream("", lambda x: None, max_new_tokens=3, chat=False)
     assert nocache.generate([""], max_new_tokens=2)[0].n_tokens == 2  # the chat template is not empty
     with pytest.raises(TypeError, match="without 'role'"):

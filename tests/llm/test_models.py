@@ -1,5 +1,6 @@
 """Model sources (ctxflow.llm.models): the GGUF conversion cache on a tiny random-weight GGUF made with the
 embedded model's tokenizer (CPU, a few seconds per load)."""
+import json
 import shutil
 import warnings
 
@@ -77,7 +78,8 @@ def test_unwritable_or_full_model_dir_loads_in_memory(tiny_gguf, tmp_path, monke
         m.setattr(PreTrainedModel, "save_pretrained", disk_full)
         with pytest.warns(RuntimeWarning, match="No space left on device"):
             m2, t2 = load_causal_lm(resolve_llm(str(tiny_gguf)))
-    assert [p.name for p in (tmp_path / "full").iterdir()] == [f".{resolve_llm(str(tiny_gguf)).converted_folder.name}.lock"]
+    left = sorted(p.name for p in (tmp_path / "full").iterdir())  # the lock and the fingerprint memo, no weights
+    assert left == [".fingerprints.json", f".{resolve_llm(str(tiny_gguf)).converted_folder.name}.lock"]
     m3, t3 = load_causal_lm(resolve_llm(str(tiny_gguf)))  # writable again: converted as usual
     assert torch.equal(logits(model, tok), logits(m2, t2)) and torch.equal(logits(model, tok), logits(m3, t3))
 
@@ -123,3 +125,23 @@ def test_converted_weights_are_kept_per_transformers_release(tiny_gguf, tmp_path
     assert here.name.endswith(f"-tf{models._transformers_release()}")
     monkeypatch.setattr(models, "_transformers_release", lambda: "4.0")
     assert src.converted_folder != here and src.converted_folder.name.endswith("-tf4.0")
+
+
+def test_fingerprint_sees_any_byte_of_the_file_and_is_remembered(tmp_path, monkeypatch):
+    """Two files of one size that differ in one metadata byte (a GGUF edited in place) differ in fingerprint;
+    the hash is remembered per (path, size, mtime) in the model dir."""
+    from ctxflow.llm import models
+
+    monkeypatch.setenv("CTXFLOW_MODEL_DIR", str(tmp_path / "models"))
+    data = bytearray(range(256)) * 16384  # 4 MiB
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(bytes(data))
+    data[100_000] ^= 1
+    b.write_bytes(bytes(data))
+    assert models._file_fingerprint(a) != models._file_fingerprint(b)
+    memo = json.loads((tmp_path / "models" / ".fingerprints.json").read_text())
+    assert len(memo) == 2 and models._file_fingerprint(a) in memo.values()
+    c = tmp_path / "copy" / "a.gguf"
+    c.parent.mkdir()
+    shutil.copy(a, c)  # a reinstall: new path and mtime, same bytes
+    assert models._file_fingerprint(c) == models._file_fingerprint(a)

@@ -355,3 +355,10 @@ def test_silent_connection_is_closed_after_the_read_timeout(serve):
     t0 = time.monotonic()
     assert _raw(port, b"POST /v1/completions HTTP/1.1\r\n") == b""  # headers never finished: dropped, no answer
     assert time.monotonic() - t0 < 5
+
+
+def test_oversized_body_that_stops_arriving_is_still_413(serve):
+    port = serve(FakeLLM(responses=["hello"]), max_body=1000, read_timeout=0.5)
+    out = _raw(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 100)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 413 ") and "takes at most 1000" in _message(body)
