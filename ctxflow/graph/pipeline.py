@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -346,6 +347,8 @@ class Pipeline:
         return per
 
     def run(self, inputs: dict[str, Any] | None = None, subscribers: list[Subscriber] | None = None) -> RunResult:
+        if isinstance(inputs, Mapping) and not isinstance(inputs, dict):
+            inputs = dict(inputs)  # a MappingProxyType, ChainMap, ...
         if inputs is not None and not isinstance(inputs, dict):
             raise UserError(f"run() takes a dict of inputs, got {type(inputs).__name__}: "
                             f"p.run({{{', '.join(repr(n) + ': ...' for n in sorted(self.inputs)) or '...'}}}).")

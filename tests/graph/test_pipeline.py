@@ -51,6 +51,12 @@ def test_trace_has_timing_and_order():
         assert res.trace["components"][n]["type"].startswith("test.")
 
 
+def test_any_mapping_is_taken_as_inputs():
+    from types import MappingProxyType
+
+    assert _linear(["words", "score", "join"]).run(MappingProxyType({"text": "a b"}))["joined"] == "a+b"
+
+
 def test_trace_shows_what_each_stage_passed_on():
     """The trace glimpses every output: list length and its first items' spans and scores (a bank's hits,
     a selector's picks), short texts whole, long ones cut; never the whole document."""
