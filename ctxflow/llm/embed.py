@@ -111,14 +111,17 @@ class STEmbedder(Embedder):
             disk = default_cache() if self.disk_cache else None
             prompts = getattr(st, "prompts", None) or {}
             name = kind if kind in prompts else ("document" if kind == "passage" and "document" in prompts else None)
-            parts = self._windows(st, uniq, prompts.get(name) if name else None)
-            # a text read in several windows has its own key: vectors of old versions, which read only its start, are not reused
-            keys = [make_key(self.model_id, f"embed:{kind}" + (":windows" if len(parts[t]) > 1 else ""), t, {})
+            prompt = prompts.get(name) if name else None
+            room = self._room(st, prompt)
+            # a text that may need several windows (judged by its bytes, so a cached run tokenizes nothing) has its own
+            # key: vectors of older versions, which read only its start, are not reused
+            keys = [make_key(self.model_id, f"embed:{kind}" + (":windows" if room and len(t.encode()) > room else ""), t, {})
                     for t in uniq] if disk is not None else []
             stored = disk.get_many(keys) if disk is not None else {}
             missing = [t for t, k in zip(uniq, keys or [None] * len(uniq)) if k not in stored]
             fresh: dict[str, np.ndarray] = {}
             if missing:
+                parts = self._windows(st, missing, prompt)
                 pieces = [(t, w, n) for t in missing for w, n in parts[t]]
                 enc = np.asarray(st.encode([w for _, w, _ in pieces], batch_size=self.batch_size, normalize_embeddings=True,
                                             convert_to_numpy=True, show_progress_bar=False, prompt_name=name), dtype=np.float32)
@@ -142,20 +145,27 @@ class STEmbedder(Embedder):
         return np.stack(out).astype(np.float32, copy=False)  # type: ignore[arg-type]
 
     @staticmethod
+    def _room(st: Any, prompt: str | None) -> int | None:
+        """Tokens of text the model reads in one input (its ``max_seq_length`` less special and prompt tokens and
+        a margin of 4: a window cut mid-word may tokenize into one token more than inside the text); None when
+        the model does not say."""
+        limit, tok = getattr(st, "max_seq_length", None), getattr(st, "tokenizer", None)
+        if not limit or tok is None:
+            return None
+        room = limit - len(tok("", add_special_tokens=True, verbose=False)["input_ids"]) - 4
+        if prompt:
+            room -= len(tok(prompt, add_special_tokens=False, verbose=False)["input_ids"])
+        return room if room >= 8 else None
+
+    @staticmethod
     def _windows(st: Any, texts: list[str], prompt: str | None) -> dict[str, list[tuple[str, int]]]:
         """Each text as the pieces the model reads whole, with their token counts: the text itself when it
         fits the model's input (``max_seq_length``), else consecutive windows of it that do. (The model would
         keep only a long text's first tokens, so the rest of a long chunk could never be retrieved.)"""
-        limit, tok = getattr(st, "max_seq_length", None), getattr(st, "tokenizer", None)
         out = {t: [(t, 1)] for t in texts}
-        if not limit or tok is None:
-            return out
-        # 4 tokens of margin: a window cut mid-word may tokenize into a token more than it had inside the text
-        room = limit - len(tok("", add_special_tokens=True, verbose=False)["input_ids"]) - 4
-        if prompt:
-            room -= len(tok(prompt, add_special_tokens=False, verbose=False)["input_ids"])
-        long = [t for t in texts if len(t.encode()) > room]  # a token covers at least one byte: the others fit
-        if not long or room < 8:
+        room, tok = STEmbedder._room(st, prompt), getattr(st, "tokenizer", None)
+        long = [t for t in texts if room and len(t.encode()) > room]  # a token covers at least one byte: the others fit
+        if not long:
             return out
         try:
             spans = tok(long, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]

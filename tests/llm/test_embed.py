@@ -105,3 +105,17 @@ def test_a_text_longer_than_the_model_reads_is_embedded_whole(monkeypatch):
     q = e.embed(["Who installed the kluge in the Tokyo office basement?"], kind="query")[0]
     truncated = st.encode([long], normalize_embeddings=True)[0]  # what the model alone gives: the start only
     assert float(q @ v) > float(q @ truncated) + 0.05
+
+
+def test_long_texts_served_from_disk_are_not_tokenized_again(embedder, monkeypatch):
+    """Whether a text needs windows decides its cache key by its length in bytes, so a second run over the same
+    book reads its vectors from disk without tokenizing the passages."""
+    long = " ".join(f"Entry {i} of the long register." for i in range(200))
+    a = embedder.embed([long])
+    fresh = STEmbedder()
+    calls = []
+    real = STEmbedder._windows
+    monkeypatch.setattr(STEmbedder, "_windows", staticmethod(lambda st, xs, p: calls.append(list(xs)) or real(st, xs, p)))
+    b = fresh.embed([long, "a short unseen text about kluges"])
+    assert calls == [["a short unseen text about kluges"]]
+    assert np.array_equal(a[0], b[0])
