@@ -29,10 +29,10 @@ class STEmbedder(Embedder):
     of 8-16 are the fastest on CPU (bench/retrieval.py, 2 threads, two runs: 49-55 chunks/s vs 31-44
     at 64 and 36-43 one at a time). A text longer than the model's input (``max_seq_length``, 256 tokens
     for MiniLM) is embedded as the token-weighted mean of consecutive windows that fit, not cut to its
-    first tokens (sentence-transformers' default): on code chunks of codebase_qa (30% of ctxflow's and
+    first tokens (sentence-transformers' default): on code chunks of codebase_qa (32% of ctxflow's and
     18% of the stdlib email package's are longer), a line from past a chunk's first 256 tokens finds it
-    in the top 5 for 56% / 49% of the lines instead of 33% / 24%, lines from the start as before
-    (54% / 53% vs 52% / 56%; ``bench/embed_windows.py``, ``bench/results/embed_windows.json``)."""
+    in the top 5 for 44% / 64% of the lines instead of 28% / 36%, lines from the start no worse
+    (62% / 56% vs 56% / 54%; ``bench/embed_windows.py``, ``bench/results/embed_windows.json``)."""
 
     memo = 100_000
 
