@@ -253,6 +253,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         out = {"answer": d.get("text", d.get("answer")), "citations": [
             {"start": c["start"], "end": c["end"], "text": c["text"], "doc_id": c.get("doc_id") or args.doc, "score": c.get("score"), **c.get("meta", {})}
             for c in d.get("citations", [])], "score": d.get("score"), "document": args.doc, "question": args.question,
+            # the answer's own trace (e.g. Map-Rerank's scored drafts of every candidate), then the run's
+            "answer_trace": {k: v for k, v in (d.get("trace") or {}).items() if k != "pipeline"},
             "trace": jsonable(res.trace)}
         print(json.dumps(out, ensure_ascii=False))
     elif printer is not None and printer.printed:  # the text is out already: end its line, then the citations

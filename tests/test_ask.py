@@ -32,6 +32,8 @@ def test_ask_json_citations_quote_the_source(q, llm, embedder, capsys):
     nxt = source.find("\n   :", head + 1)
     entry = (head, nxt if nxt > 0 else len(source))
     assert any(c["start"] < entry[1] and entry[0] < c["end"] for c in res["citations"]), (entry, res["citations"])
+    drafts = res["answer_trace"]["candidates"]  # Map-Rerank's scored draft of every candidate (book_qa picks with it)
+    assert len(drafts) >= 2 and all("score" in d for d in drafts) and "pipeline" not in res["answer_trace"]
 
 
 def test_invalid_utf8_is_replaced_and_reported(tmp_path, capsys):
