@@ -24,7 +24,7 @@ def measure(folder: str, per: int, seed: int) -> dict:
     texts = [c.text for c in next(v for v in read.run(path=folder).values() if isinstance(v, list))]
     e = STEmbedder(disk_cache=False)
     st, tok = e.model, e.model.tokenizer
-    parts = STEmbedder._windows(st, texts, None)
+    parts = STEmbedder._windows(st, texts, STEmbedder._room(st, None))
     t0 = time.perf_counter()
     cut = st.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
     t_cut = time.perf_counter() - t0

@@ -32,8 +32,14 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 
+def cache_root() -> Path:
+    """Where ctxflow keeps its caches (``$CTXFLOW_CACHE_DIR``, else ``~/.cache/ctxflow``), not created."""
+    return Path(os.environ.get("CTXFLOW_CACHE_DIR") or Path.home() / ".cache" / "ctxflow")
+
+
 def cache_dir() -> Path:
-    d = Path(os.environ.get("CTXFLOW_CACHE_DIR") or Path.home() / ".cache" / "ctxflow")
+    """:func:`cache_root`, created if missing."""
+    d = cache_root()
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -171,7 +177,7 @@ def default_cache() -> LLMCache | None:
     global _default
     if os.environ.get("CTXFLOW_NO_CACHE", "").lower() in ("1", "true", "yes"):
         return None
-    where = os.environ.get("CTXFLOW_CACHE_DIR") or str(Path.home() / ".cache" / "ctxflow")
+    where = str(cache_root())
     try:
         path = cache_dir() / "llm_calls.sqlite"
         if _default is None or _default.path != path:

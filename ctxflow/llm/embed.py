@@ -121,7 +121,7 @@ class STEmbedder(Embedder):
             missing = [t for t, k in zip(uniq, keys or [None] * len(uniq)) if k not in stored]
             fresh: dict[str, np.ndarray] = {}
             if missing:
-                parts = self._windows(st, missing, prompt)
+                parts = self._windows(st, missing, room)
                 pieces = [(t, w, n) for t in missing for w, n in parts[t]]
                 enc = np.asarray(st.encode([w for _, w, _ in pieces], batch_size=self.batch_size, normalize_embeddings=True,
                                             convert_to_numpy=True, show_progress_bar=False, prompt_name=name), dtype=np.float32)
@@ -158,12 +158,12 @@ class STEmbedder(Embedder):
         return room if room >= 8 else None
 
     @staticmethod
-    def _windows(st: Any, texts: list[str], prompt: str | None) -> dict[str, list[tuple[str, int]]]:
+    def _windows(st: Any, texts: list[str], room: int | None) -> dict[str, list[tuple[str, int]]]:
         """Each text as the pieces the model reads whole, with their token counts: the text itself when it
-        fits the model's input (``max_seq_length``), else consecutive windows of it that do. (The model would
-        keep only a long text's first tokens, so the rest of a long chunk could never be retrieved.)"""
+        fits ``room`` tokens (:meth:`_room`), else consecutive windows of it that do. (The model would keep
+        only a long text's first tokens, so the rest of a long chunk could never be retrieved.)"""
         out = {t: [(t, 1)] for t in texts}
-        room, tok = STEmbedder._room(st, prompt), getattr(st, "tokenizer", None)
+        tok = getattr(st, "tokenizer", None)
         long = [t for t in texts if room and len(t.encode()) > room]  # a token covers at least one byte: the others fit
         if not long:
             return out

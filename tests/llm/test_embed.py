@@ -94,7 +94,7 @@ def test_a_text_longer_than_the_model_reads_is_embedded_whole(monkeypatch):
     filler = " ".join(f"Item {i} of the inventory is a grey box." for i in range(limit // 4))
     tail = "The kluge was installed by Hiroshi in the basement of the Tokyo office."
     long = filler + " " + tail
-    parts = STEmbedder._windows(st, [long, tail], None)
+    parts = STEmbedder._windows(st, [long, tail], STEmbedder._room(st, None))
     assert len(parts[long]) >= 2 and parts[tail] == [(tail, 1)]
     assert "".join(w for w, _ in parts[long]).replace(" ", "") == long.replace(" ", "")  # windows cover the text
     assert all(len(st.tokenizer(w)["input_ids"]) <= limit for w, _ in parts[long])
